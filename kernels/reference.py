@@ -1,0 +1,76 @@
+"""Plain numpy definitions of the transformer's building blocks.
+
+These are the slow twins of the Numba kernels: each function *is* the definition the
+fast version is tested against. Shapes are written as comments; all math is float32
+unless a comment says otherwise.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def rmsnorm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
+    """x: (n, dim), weight: (dim,) -> (n, dim); x / sqrt(mean(x^2) + eps) * weight."""
+    ms = np.mean(x.astype(np.float32) ** 2, axis=-1, keepdims=True)
+    return (x / np.sqrt(ms + np.float32(eps)) * weight).astype(np.float32)
+
+
+def rope_angles(positions: np.ndarray, rope_dim: int, base: float) -> tuple[np.ndarray, np.ndarray]:
+    """positions: (n,) -> cos, sin of shape (n, rope_dim // 2); theta_i = pos * base^(-2i/rope_dim)."""
+    inv_freq = base ** (-np.arange(0, rope_dim, 2, dtype=np.float64) / rope_dim)   # (rope_dim/2,)
+    theta = positions.astype(np.float64)[:, None] * inv_freq[None, :]             # (n, rope_dim/2)
+    return np.cos(theta).astype(np.float32), np.sin(theta).astype(np.float32)
+
+
+def rope(x: np.ndarray, positions: np.ndarray, rope_dim: int, base: float, neox: bool) -> np.ndarray:
+    """Rotary position embedding. x: (n, n_heads, head_dim) -> same shape.
+
+    The first rope_dim entries of each head rotate in pairs: adjacent pairs (x[2i], x[2i+1])
+    in llama's layout, or halves (x[i], x[i + rope_dim/2]) in GPT-NeoX's (Qwen2, Gemma).
+    """
+    cos, sin = rope_angles(positions, rope_dim, base)
+    cos, sin = cos[:, None, :], sin[:, None, :]                                    # (n, 1, rope_dim/2)
+    out = x.astype(np.float32, copy=True)
+    if neox:
+        a, b = x[..., : rope_dim // 2], x[..., rope_dim // 2 : rope_dim]
+        out[..., : rope_dim // 2] = a * cos - b * sin
+        out[..., rope_dim // 2 : rope_dim] = a * sin + b * cos
+    else:
+        a, b = x[..., 0:rope_dim:2], x[..., 1:rope_dim:2]
+        out[..., 0:rope_dim:2] = a * cos - b * sin
+        out[..., 1:rope_dim:2] = a * sin + b * cos
+    return out
+
+
+def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    e = np.exp(x - np.max(x, axis=axis, keepdims=True))
+    return e / np.sum(e, axis=axis, keepdims=True)
+
+
+def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, start: int) -> np.ndarray:
+    """Causal grouped-query attention over a KV cache.
+
+    q: (n, n_heads, head_dim) for positions start..start+n-1
+    k, v: (start + n, n_kv_heads, head_dim), the cache up to and including those positions
+    -> (n, n_heads, head_dim). Query head h reads kv head h // (n_heads / n_kv_heads).
+    """
+    n, n_heads, head_dim = q.shape
+    total, n_kv_heads, _ = k.shape
+    group = n_heads // n_kv_heads
+    qh = q.reshape(n, n_kv_heads, group, head_dim).transpose(1, 2, 0, 3)            # (kv, group, n, hd)
+    kh = k.astype(np.float32).transpose(1, 2, 0)                                    # (kv, hd, total)
+    vh = v.astype(np.float32).transpose(1, 0, 2)                                    # (kv, total, hd)
+    scores = (qh @ kh[:, None]) / np.float32(np.sqrt(head_dim))                     # (kv, group, n, total)
+    future = np.arange(total)[None, :] > (start + np.arange(n))[:, None]            # (n, total)
+    scores[..., future] = -np.inf
+    out = softmax(scores) @ vh[:, None]                                             # (kv, group, n, hd)
+    return out.transpose(2, 0, 1, 3).reshape(n, n_heads, head_dim).astype(np.float32)
+
+
+def silu(x: np.ndarray) -> np.ndarray:
+    return x / (1.0 + np.exp(-x))
+
+
+def swiglu(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
+    """gate, up: (n, n_ff) -> silu(gate) * up."""
+    return (silu(gate) * up).astype(np.float32)

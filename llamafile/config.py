@@ -1,0 +1,66 @@
+"""ModelConfig: the hyper-parameters of a model, read from its GGUF keys."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from weights.gguf import GGUFError, GGUFFile
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    arch: str            # general.architecture, e.g. "llama"
+    name: str            # general.name
+    n_layer: int         # {arch}.block_count
+    n_embd: int          # {arch}.embedding_length
+    n_ff: int            # {arch}.feed_forward_length
+    n_head: int          # {arch}.attention.head_count
+    n_head_kv: int       # {arch}.attention.head_count_kv
+    head_dim: int        # {arch}.attention.key_length, else n_embd / n_head
+    rope_dim: int        # {arch}.rope.dimension_count, else head_dim
+    rope_base: float     # {arch}.rope.freq_base
+    norm_eps: float      # {arch}.attention.layer_norm_rms_epsilon
+    n_ctx_train: int     # {arch}.context_length
+    n_vocab: int         # length of tokenizer.ggml.tokens
+
+    @classmethod
+    def from_gguf(cls, gguf: GGUFFile) -> "ModelConfig":
+        arch = str(gguf.require("general.architecture"))
+
+        def key(name: str, default=None):
+            value = gguf.get(f"{arch}.{name}", default)
+            if value is None:
+                raise GGUFError(f"{gguf.path}: missing key '{arch}.{name}'")
+            return value
+
+        n_embd, n_head = int(key("embedding_length")), int(key("attention.head_count"))
+        if n_head <= 0 or n_embd % n_head:
+            raise GGUFError(f"{gguf.path}: embedding_length {n_embd} is not a multiple of head_count {n_head}")
+        head_dim = int(key("attention.key_length", n_embd // n_head))
+        config = cls(
+            arch=arch,
+            name=str(gguf.get("general.name", arch)),
+            n_layer=int(key("block_count")),
+            n_embd=n_embd,
+            n_ff=int(key("feed_forward_length")),
+            n_head=n_head,
+            n_head_kv=int(key("attention.head_count_kv", n_head)),
+            head_dim=head_dim,
+            rope_dim=int(key("rope.dimension_count", head_dim)),
+            rope_base=float(key("rope.freq_base", 10000.0)),
+            norm_eps=float(key("attention.layer_norm_rms_epsilon")),
+            n_ctx_train=int(key("context_length")),
+            n_vocab=len(gguf.require("tokenizer.ggml.tokens")),
+        )
+        config.check(gguf.path)
+        return config
+
+    def check(self, path) -> None:
+        """Reject numbers no model has, before any array is sized from them."""
+        positive = ("n_layer", "n_embd", "n_ff", "n_head", "n_head_kv", "head_dim", "rope_dim", "n_ctx_train", "n_vocab")
+        for field in positive:
+            if getattr(self, field) <= 0:
+                raise GGUFError(f"{path}: {field} = {getattr(self, field)} must be positive")
+        if self.n_head % self.n_head_kv:
+            raise GGUFError(f"{path}: head_count {self.n_head} is not a multiple of head_count_kv {self.n_head_kv}")
+        if self.rope_dim > self.head_dim or self.rope_dim % 2:
+            raise GGUFError(f"{path}: rope dimension {self.rope_dim} does not fit head size {self.head_dim}")

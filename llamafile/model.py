@@ -1,0 +1,92 @@
+"""Model: a loaded GGUF with its tokenizer, architecture and one context (KV cache)."""
+from __future__ import annotations
+
+import os
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from weights.gguf import GGUFError, GGUFFile
+
+from .backend import NumpyBackend
+from .config import ModelConfig
+from .generate import generate
+from .models import ARCHITECTURES
+from .models.llama import KVCache
+from .sampling import Sampler
+from .tokenizer import BPETokenizer
+
+DEFAULT_N_CTX = 4096
+
+
+class ContextOverflowError(ValueError):
+    """More tokens than the context holds."""
+
+
+class Model:
+    def __init__(self, gguf: GGUFFile, n_ctx: int | None = None, backend=None):
+        self.gguf = gguf
+        self.config = ModelConfig.from_gguf(gguf)
+        arch = ARCHITECTURES.get(self.config.arch)
+        if arch is None:
+            raise GGUFError(f"{gguf.path}: unknown architecture '{self.config.arch}' "
+                            f"(supported: {', '.join(sorted(ARCHITECTURES))})")
+        try:
+            self.tokenizer = BPETokenizer.from_metadata(gguf.metadata)
+        except ValueError as e:
+            raise GGUFError(f"{gguf.path}: {e}") from None
+        self.backend = backend or NumpyBackend()
+        self.net = arch(gguf, self.config, self.backend)
+        self.n_ctx = min(n_ctx or DEFAULT_N_CTX, self.config.n_ctx_train)
+        self.cache = KVCache.allocate(self.config, self.n_ctx)
+
+    # --- text <-> ids -------------------------------------------------------------
+    def tokenize(self, text: str, add_special: bool = True, parse_special: bool = False) -> list[int]:
+        return self.tokenizer.tokenize(text, add_special=add_special, parse_special=parse_special)
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.detokenize(ids)
+
+    def is_eog(self, token: int) -> bool:
+        return token in self.tokenizer.eog_ids
+
+    # --- evaluation ---------------------------------------------------------------
+    @property
+    def n_past(self) -> int:
+        return self.cache.n_past
+
+    def reset(self) -> None:
+        self.cache.n_past = 0
+
+    def eval(self, ids: Sequence[int], all_logits: bool = False) -> np.ndarray:
+        """Append ids to the context; logits of the last one (n_vocab,), or of all (n, n_vocab)."""
+        tokens = self._check_ids(ids)
+        logits = self.net.forward(tokens, self.cache, all_logits=all_logits)
+        return logits if all_logits else logits[-1]
+
+    def logits(self, ids: Sequence[int]) -> np.ndarray:
+        """float32 (len(ids), n_vocab): one evaluation from an empty cache."""
+        self.reset()
+        return self.eval(ids, all_logits=True)
+
+    def generate(self, ids: Sequence[int], max_tokens: int = 128, temperature: float = 0.0,
+                 seed: int | None = None) -> Iterator[int]:
+        """Token ids continuing ids; temperature 0 is greedy."""
+        return generate(self, ids, Sampler(temperature, seed), max_tokens)
+
+    def _check_ids(self, ids: Sequence[int]) -> np.ndarray:
+        tokens = np.asarray(ids, dtype=np.int64).reshape(-1)
+        if len(tokens) == 0:
+            raise ValueError("nothing to evaluate: no tokens")
+        if tokens.min() < 0 or tokens.max() >= self.config.n_vocab:
+            raise ValueError(f"token id out of range 0..{self.config.n_vocab - 1}")
+        if self.cache.n_past + len(tokens) > self.n_ctx:
+            raise ContextOverflowError(
+                f"{self.cache.n_past + len(tokens)} tokens do not fit the context of {self.n_ctx} (use a larger -c)")
+        return tokens
+
+
+def load(path: str | os.PathLike, *, n_ctx: int | None = None, offset: int = 0, size: int | None = None,
+         backend=None) -> Model:
+    """Map a GGUF file (or one embedded at offset in a larger file) and get it ready to run."""
+    return Model(GGUFFile(path, offset=offset, size=size), n_ctx=n_ctx, backend=backend)
