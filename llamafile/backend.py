@@ -34,3 +34,58 @@ class NumpyBackend:
     def embed(self, w: Tensor, ids: np.ndarray) -> np.ndarray:
         """ids: (n,) -> their rows of the embedding table, (n, dim) float32."""
         return dequantize(w.data[ids], w.type)
+
+
+class NumbaBackend(NumpyBackend):
+    """The kernels of `kernels/`: weights read block by block in place, threads over rows.
+
+    Formats without a kernel (K-quants, rows not a multiple of 32) use the numpy slabs.
+    """
+    name = "numba"
+
+    def __init__(self):
+        from kernels import matmul as mm
+        from kernels import ops
+        self.mm, self.ops = mm, ops
+        self._q8 = None  # activation scratch, grown to the largest batch and width seen
+
+    def _q8_scratch(self, n: int, k: int):
+        if self._q8 is None or self._q8.q.shape[0] < n or self._q8.q.shape[1] != k:
+            self._q8 = None if self._q8 is None or self._q8.q.shape[1] != k else self._q8
+            self._q8 = self.mm.Q8Activations(max(n, 1 if self._q8 is None else self._q8.q.shape[0]), k)
+        return self._q8
+
+    def matmul(self, w: Tensor, x: np.ndarray) -> np.ndarray:
+        n, k = x.shape
+        if w.type not in self.mm.SUPPORTED or k % 32:
+            return super().matmul(w, x)
+        out = np.empty((n, w.data.shape[0]), dtype=np.float32)
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        q8 = None if w.type in self.mm.FLOAT_MATMUL else self._q8_scratch(n, k)
+        return self.mm.matmul(w.type, w.data, x, out, q8)
+
+    def rmsnorm(self, x, weight, eps):
+        out = np.empty_like(x)
+        self.ops.rmsnorm(np.ascontiguousarray(x), weight, np.float32(eps), out)
+        return out
+
+    def rope(self, x, positions, rope_dim, base, neox):
+        n = len(positions)
+        cos = np.empty((n, rope_dim // 2), np.float32)
+        sin = np.empty((n, rope_dim // 2), np.float32)
+        self.ops.rope_tables(positions.astype(np.float64), rope_dim, float(base), cos, sin)
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        self.ops.rope(x, cos, sin, neox)
+        return x
+
+    def attention(self, q, k, v, start):
+        n, heads, hd = q.shape
+        scores = np.empty((heads, k.shape[0]), np.float32)
+        out = np.empty((n, heads, hd), np.float32)
+        self.ops.attention(np.ascontiguousarray(q), k, v, start, scores, out)
+        return out
+
+    def swiglu(self, gate, up):
+        out = np.empty_like(gate)
+        self.ops.swiglu(gate, up, out)
+        return out

@@ -1,0 +1,131 @@
+"""Matrix products against weights read in place from the mapped file, one per format.
+
+    out[t, r] = sum_k W[r, k] * x[t, k]      W: (rows, row_bytes) raw blocks, x: (n, k), out: (n, rows)
+
+One driver, specialised per format by the row dot it calls (kernels.simd). Threads split the
+rows into fixed tiles; every output element is summed by one thread in a fixed order, so the
+result does not depend on the thread count. Quantised formats first quantise x to 8 bits per
+block of 32 (`quantize_q8`, as llama.cpp does) and multiply in integers.
+
+The definitions these are tested against: x @ weights.quants.dequantize(W).T.
+"""
+from __future__ import annotations
+
+import numpy as np
+from gguf import GGMLQuantizationType as T
+from numba import njit, prange
+
+from . import simd
+
+ROWS_PER_TILE = 16  # rows one thread takes at a time: the tile's weights stay in L1 across tokens
+
+
+@njit(cache=True, inline="always")
+def _round_to_f16(x):
+    return simd.half_to_float(simd.float_to_half(x))
+
+
+@njit(cache=True, parallel=True)
+def quantize_q8(x, xq, xd, xs):
+    """x: (n, k) float32 -> xq: (n, k) int8, xd: (n, k/32) scales, xs: (n, k/32) = xd * sum(xq).
+
+    llama.cpp's q8_0/q8_1 activations: d = max|x| / 127 stored as f16, q = round(x / d).
+    """
+    n, k = x.shape
+    for t in prange(n):
+        for b in range(k // 32):
+            amax = np.float32(0.0)
+            for j in range(b * 32, b * 32 + 32):
+                amax = max(amax, abs(x[t, j]))
+            d = amax / np.float32(127.0)
+            inv = np.float32(1.0) / d if d > 0 else np.float32(0.0)
+            total = 0
+            for j in range(b * 32, b * 32 + 32):
+                q = np.int8(np.round(x[t, j] * inv))
+                xq[t, j] = q
+                total += q
+            xd[t, b] = _round_to_f16(d)
+            xs[t, b] = _round_to_f16(d * np.float32(total))
+
+
+def _quant_matmul(dot):
+    @njit(cache=True, parallel=True)
+    def matmul(w, xq, xd, xs, out):
+        rows, n, nblk = w.shape[0], xq.shape[0], xd.shape[1]
+        for tile in prange((rows + ROWS_PER_TILE - 1) // ROWS_PER_TILE):
+            for r in range(tile * ROWS_PER_TILE, min(rows, (tile + 1) * ROWS_PER_TILE)):
+                for t in range(n):
+                    out[t, r] = dot(w[r], xq[t], xd[t], xs[t], nblk)
+    return matmul
+
+
+def _float_matmul(dot):
+    @njit(cache=True, parallel=True)
+    def matmul(w, x, out):
+        rows, n, chunks = w.shape[0], x.shape[0], x.shape[1] // 32
+        for tile in prange((rows + ROWS_PER_TILE - 1) // ROWS_PER_TILE):
+            for r in range(tile * ROWS_PER_TILE, min(rows, (tile + 1) * ROWS_PER_TILE)):
+                for t in range(n):
+                    out[t, r] = dot(w[r], x[t], chunks)
+    return matmul
+
+
+# The row dots as jitted functions (intrinsics themselves cannot be captured by a cached closure).
+@njit(cache=True, inline="always")
+def _dot_q8_0(w, xq, xd, xs, nblk):
+    return simd.dot_q8_0(w, xq, xd, xs, nblk)
+
+
+@njit(cache=True, inline="always")
+def _dot_q4_0(w, xq, xd, xs, nblk):
+    return simd.dot_q4_0(w, xq, xd, xs, nblk)
+
+
+@njit(cache=True, inline="always")
+def _dot_q4_1(w, xq, xd, xs, nblk):
+    return simd.dot_q4_1(w, xq, xd, xs, nblk)
+
+
+@njit(cache=True, inline="always")
+def _dot_f32(w, x, chunks):
+    return simd.dot_f32(w, x, chunks)
+
+
+@njit(cache=True, inline="always")
+def _dot_f16(w, x, chunks):
+    return simd.dot_f16(w, x, chunks)
+
+
+@njit(cache=True, inline="always")
+def _dot_bf16(w, x, chunks):
+    return simd.dot_bf16(w, x, chunks)
+
+
+QUANT_MATMUL = {T.Q8_0: _quant_matmul(_dot_q8_0), T.Q4_0: _quant_matmul(_dot_q4_0), T.Q4_1: _quant_matmul(_dot_q4_1)}
+FLOAT_MATMUL = {T.F32: _float_matmul(_dot_f32), T.F16: _float_matmul(_dot_f16), T.BF16: _float_matmul(_dot_bf16)}
+SUPPORTED = frozenset(QUANT_MATMUL) | frozenset(FLOAT_MATMUL)
+
+
+class Q8Activations:
+    """Scratch for x quantised to 8 bits: allocated once for up to max_tokens rows of k."""
+
+    def __init__(self, max_tokens: int, k: int):
+        self.q = np.empty((max_tokens, k), np.int8)           # (n, k)
+        self.d = np.empty((max_tokens, k // 32), np.float32)  # (n, k/32)
+        self.s = np.empty((max_tokens, k // 32), np.float32)  # (n, k/32)
+
+    def fill(self, x: np.ndarray):
+        n = x.shape[0]
+        q, d, s = self.q[:n], self.d[:n], self.s[:n]
+        quantize_q8(x, q, d, s)
+        return q, d, s
+
+
+def matmul(qtype: T, w: np.ndarray, x: np.ndarray, out: np.ndarray, q8: Q8Activations | None = None) -> np.ndarray:
+    """out (n, rows) = x (n, k) @ W.T for W's raw rows (rows, row_bytes) of type qtype."""
+    if qtype in FLOAT_MATMUL:
+        FLOAT_MATMUL[qtype](w, x, out)
+    else:
+        q8 = q8 or Q8Activations(x.shape[0], x.shape[1])
+        QUANT_MATMUL[qtype](w, *q8.fill(x), out)
+    return out

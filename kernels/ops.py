@@ -1,0 +1,91 @@
+"""The transformer's other steps as Numba kernels, writing into preallocated outputs.
+
+Each has its definition in kernels/reference.py; tests/test_kernels.py holds them together.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+
+@njit(cache=True, parallel=True)
+def rmsnorm(x, weight, eps, out):
+    """x: (n, dim) -> out (n, dim) = x / sqrt(mean(x^2) + eps) * weight."""
+    n, dim = x.shape
+    for t in prange(n):
+        ss = np.float32(0.0)
+        for j in range(dim):
+            ss += x[t, j] * x[t, j]
+        scale = np.float32(1.0) / np.sqrt(ss / np.float32(dim) + np.float32(eps))
+        for j in range(dim):
+            out[t, j] = x[t, j] * scale * weight[j]
+
+
+@njit(cache=True)
+def rope_tables(positions, rope_dim, base, cos, sin):
+    """cos, sin: (n, rope_dim/2) for theta = pos * base^(-2i/rope_dim), computed in float64."""
+    for t in range(positions.shape[0]):
+        for i in range(rope_dim // 2):
+            theta = positions[t] * base ** (-2.0 * i / rope_dim)
+            cos[t, i] = math.cos(theta)
+            sin[t, i] = math.sin(theta)
+
+
+@njit(cache=True, parallel=True)
+def rope(x, cos, sin, neox):
+    """In place. x: (n, heads, head_dim); pairs (2i, 2i+1), or (i, i + rope_dim/2) with neox."""
+    n, heads, _ = x.shape
+    half = cos.shape[1]
+    for t in prange(n):
+        for h in range(heads):
+            for i in range(half):
+                a_i, b_i = (i, i + half) if neox else (2 * i, 2 * i + 1)
+                a, b = x[t, h, a_i], x[t, h, b_i]
+                x[t, h, a_i] = a * cos[t, i] - b * sin[t, i]
+                x[t, h, b_i] = a * sin[t, i] + b * cos[t, i]
+
+
+@njit(cache=True, parallel=True)
+def attention(q, k, v, start, scores, out):
+    """Causal grouped-query attention over the KV cache.
+
+    q: (n, heads, hd) at positions start..start+n-1; k, v: (>= start+n, kv_heads, hd);
+    scores: scratch (heads, >= start+n); out: (n, heads, hd). One thread per head.
+    """
+    n, heads, hd = q.shape
+    group = heads // k.shape[1]
+    scale = np.float32(1.0 / np.sqrt(hd))
+    for h in prange(heads):
+        kvh = h // group
+        s = scores[h]
+        for t in range(n):
+            length = start + t + 1
+            top = np.float32(-np.inf)
+            for p in range(length):
+                dot = np.float32(0.0)
+                for j in range(hd):
+                    dot += q[t, h, j] * k[p, kvh, j]
+                s[p] = dot * scale
+                top = max(top, s[p])
+            total = np.float32(0.0)
+            for p in range(length):
+                s[p] = np.exp(s[p] - top)
+                total += s[p]
+            for j in range(hd):
+                out[t, h, j] = 0.0
+            for p in range(length):
+                w = s[p] / total
+                for j in range(hd):
+                    out[t, h, j] += w * v[p, kvh, j]
+
+
+@njit(cache=True, parallel=True)
+def swiglu(gate, up, out):
+    """out = silu(gate) * up, all (n, n_ff)."""
+    n, m = gate.shape
+    for t in prange(n):
+        for j in range(m):
+            g = gate[t, j]
+            out[t, j] = g / (np.float32(1.0) + np.exp(-g)) * up[t, j]

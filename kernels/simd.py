@@ -1,0 +1,223 @@
+"""Row dot products written as LLVM vector IR, one per weight format.
+
+Numba's integer typing widens int8 products to int64 and its loops over quantised blocks
+vectorise across the wrong axis (gathers), so the inner loops live here as `@intrinsic`s
+that emit LLVM vector instructions directly: load a block, widen, multiply, accumulate in
+a vector register, reduce once per row. LLVM picks the instructions for the target CPU
+(vpmaddwd on AVX2/AVX512, vcvtph2ps for halves, NEON on aarch64).
+
+Every function takes a weight row as raw bytes (uint8, C-contiguous) and the activation
+row, and returns float32. The numpy definitions are `weights.quants` (dequantise) and a
+float dot; tests/test_kernels.py holds the two together.
+
+Quantised formats multiply by activations quantised to 8 bits per block of 32, as
+llama.cpp does: xq int8 (k,), xd float32 (k/32,) scales, xs float32 (k/32,) = xd * sum(xq).
+"""
+from __future__ import annotations
+
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from . import cpu
+
+I8, I16, I32, F16, F32 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.HalfType(), ir.FloatType()
+
+
+def vec(t, n):
+    return ir.VectorType(t, n)
+
+
+def _ptr(context, builder, aty, arr, index, elt):
+    """Pointer to arr[index] (index in elements of the array's dtype), cast to elt*."""
+    data = context.make_array(aty)(context, builder, arr).data
+    return builder.bitcast(builder.gep(data, [index]), elt.as_pointer())
+
+
+def _call_intrinsic(builder, name, ret, args, fastmath=()):
+    module = builder.module
+    fn = module.globals.get(name)
+    if fn is None:
+        fn = ir.Function(module, ir.FunctionType(ret, [a.type for a in args]), name)
+    return builder.call(fn, args, fastmath=fastmath)
+
+
+def _splat(builder, value, n):
+    v = ir.Constant(vec(value.type, n), None)
+    v = builder.insert_element(v, value, ir.Constant(I32, 0))
+    return builder.shuffle_vector(v, v, ir.Constant(vec(I32, n), [0] * n))
+
+
+def _halves_sum(builder, v, n):
+    """<n x T> -> <n/2 x T>: first half plus second half (keeps the sum, halves the width)."""
+    lo = builder.shuffle_vector(v, v, ir.Constant(vec(I32, n // 2), list(range(n // 2))))
+    hi = builder.shuffle_vector(v, v, ir.Constant(vec(I32, n // 2), list(range(n // 2, n))))
+    return builder.add(lo, hi) if isinstance(v.type.element, ir.IntType) else builder.fadd(lo, hi)
+
+
+def _reduce_fadd(builder, acc):
+    # reassoc: an in-order reduction would serialise the lanes
+    lanes = acc.type.count
+    return _call_intrinsic(builder, f"llvm.vector.reduce.fadd.v{lanes}f32", F32,
+                           [ir.Constant(F32, 0.0), acc], fastmath=("reassoc",))
+
+
+def _load_f16_at(builder, row_ptr, byte_offset):
+    """A little-endian half at row_ptr + byte_offset (any alignment) -> float."""
+    p = builder.bitcast(builder.gep(row_ptr, [ir.Constant(I32, byte_offset)]), F16.as_pointer())
+    return builder.fpext(builder.load(p, align=1), F32)
+
+
+def _load_vec(builder, base, index, stride, vtype):
+    """The vector of type vtype at base + index * stride (base: a byte or element pointer)."""
+    p = builder.gep(base, [builder.mul(index, ir.Constant(index.type, stride))])
+    return builder.load(builder.bitcast(p, vtype.as_pointer()), align=1)
+
+
+def _block_loop(builder, n, lanes, body):
+    """acc = 0 (lanes floats); for i in range(n): acc = body(i, acc); return the sum of acc's lanes."""
+    acc_ptr = cgutils.alloca_once_value(builder, ir.Constant(vec(F32, lanes), None))
+    with cgutils.for_range(builder, n) as loop:
+        builder.store(body(loop.index, builder.load(acc_ptr)), acc_ptr)
+    return _reduce_fadd(builder, builder.load(acc_ptr))
+
+
+def _int_dot32(builder, w, x, w_nonnegative):
+    """<32 x i8> w . <32 x i8> x -> <8 x i32> partial sums, with the best instructions the level has.
+
+    x86 multiplies unsigned by signed bytes (vpmaddubsw, or vpdpbusd with VNNI): a signed w
+    is made unsigned by moving its sign onto x (llama.cpp's trick). w_nonnegative: w is
+    known to be in 0..127 (4-bit quants), so no sign moving is needed.
+    """
+    if cpu.has("avx2"):
+        if w_nonnegative:
+            u, s = w, x
+        else:
+            u = _call_intrinsic(builder, "llvm.abs.v32i8", vec(I8, 32), [w, ir.Constant(ir.IntType(1), 0)])
+            s = _call_intrinsic(builder, "llvm.x86.avx2.psign.b", vec(I8, 32), [x, w])
+        if cpu.has("vnni"):
+            as_i32 = vec(I32, 8)
+            return _call_intrinsic(builder, "llvm.x86.avx512.vpdpbusd.256", as_i32,
+                                   [ir.Constant(as_i32, None), builder.bitcast(u, as_i32), builder.bitcast(s, as_i32)])
+        pairs = _call_intrinsic(builder, "llvm.x86.avx2.pmadd.ub.sw", vec(I16, 16), [u, s])   # <16 x i16>
+        return _call_intrinsic(builder, "llvm.x86.avx2.pmadd.wd", vec(I32, 8),
+                               [pairs, ir.Constant(vec(I16, 16), [1] * 16)])
+    if cpu.has("dotprod"):
+        halves = []
+        for h in (range(0, 16), range(16, 32)):
+            idx = ir.Constant(vec(I32, 16), list(h))
+            halves.append(_call_intrinsic(builder, "llvm.aarch64.neon.sdot.v4i32.v16i8", vec(I32, 4), [
+                ir.Constant(vec(I32, 4), None), builder.shuffle_vector(w, w, idx), builder.shuffle_vector(x, x, idx)]))
+        return builder.shuffle_vector(halves[0], halves[1], ir.Constant(vec(I32, 8), list(range(8))))
+    prod = builder.mul(builder.sext(w, vec(I32, 32)), builder.sext(x, vec(I32, 32)))
+    return _halves_sum(builder, _halves_sum(builder, prod, 32), 16)
+
+
+def _nibbles(builder, packed):
+    """<16 x i8> packed -> <32 x i8>: low nibbles (weights 0..15), then high nibbles (16..31)."""
+    lo = builder.and_(packed, ir.Constant(vec(I8, 16), [0x0F] * 16))
+    hi = builder.lshr(packed, ir.Constant(vec(I8, 16), [4] * 16))
+    return builder.shuffle_vector(lo, hi, ir.Constant(vec(I32, 32), list(range(32))))
+
+
+def _quant_dot(block_bytes, unpack, correction):
+    """Codegen of a row dot for a 32-weight block format against q8 activations.
+
+    unpack(builder, block) -> (<32 x i8> quants, quants known non-negative);
+    correction(builder, block, d_w, xs_b) -> a float added per block (Q4_0's -8 offset,
+    Q4_1's minimum), or None.
+    """
+    def codegen(context, builder, sig, args):
+        w, xq, xd, xs, nblk = args
+        row = _ptr(context, builder, sig.args[0], w, ir.Constant(I32, 0), I8)
+        x_row = _ptr(context, builder, sig.args[1], xq, ir.Constant(I32, 0), I8)
+
+        def body(b, acc):                                                         # acc: <8 x float>
+            block = builder.gep(row, [builder.mul(b, ir.Constant(b.type, block_bytes))])
+            quants, nonnegative = unpack(builder, block)
+            isum = _int_dot32(builder, quants, _load_vec(builder, x_row, b, 32, vec(I8, 32)), nonnegative)
+            d_w = _load_f16_at(builder, block, 0)
+            scale = builder.fmul(d_w, builder.load(_ptr(context, builder, sig.args[2], xd, b, F32)))
+            acc = _call_intrinsic(builder, "llvm.fmuladd.v8f32", vec(F32, 8),
+                                  [builder.sitofp(isum, vec(F32, 8)), _splat(builder, scale, 8), acc])
+            if correction is not None:  # spread evenly over the 8 lanes (x/8 is exact)
+                xs_b = builder.load(_ptr(context, builder, sig.args[3], xs, b, F32))
+                extra = builder.fmul(correction(builder, block, d_w, xs_b), ir.Constant(F32, 1.0 / 8))
+                acc = builder.fadd(acc, _splat(builder, extra, 8))
+            return acc
+
+        return _block_loop(builder, nblk, 8, body)
+
+    def typer(typingctx, w, xq, xd, xs, nblk):
+        return types.float32(w, xq, xd, xs, types.intp), codegen
+    return intrinsic(typer)
+
+
+def _packed_nibbles_at(builder, block, offset):
+    return _nibbles(builder, _load_vec(builder, builder.gep(block, [ir.Constant(I32, offset)]),
+                                       ir.Constant(I32, 0), 0, vec(I8, 16)))
+
+
+# Q8_0: d, 32 x int8                      sum_j d*q_j * x_j
+dot_q8_0 = _quant_dot(34, lambda b, blk: (_load_vec(b, b.gep(blk, [ir.Constant(I32, 2)]), ir.Constant(I32, 0), 0, vec(I8, 32)), False),
+                      correction=None)
+# Q4_0: d, 16 bytes of nibbles            sum_j d*(q_j - 8) * x_j = d*(sum_j q_j x_j) - 8*d*sum_j x_j
+dot_q4_0 = _quant_dot(18, lambda b, blk: (_packed_nibbles_at(b, blk, 2), True),
+                      correction=lambda b, blk, d_w, xs: b.fmul(b.fmul(d_w, ir.Constant(F32, -8.0)), xs))
+# Q4_1: d, m, 16 bytes of nibbles         sum_j (d*q_j + m) * x_j = d*(sum_j q_j x_j) + m*sum_j x_j
+dot_q4_1 = _quant_dot(20, lambda b, blk: (_packed_nibbles_at(b, blk, 4), True),
+                      correction=lambda b, blk, d_w, xs: b.fmul(_load_f16_at(b, blk, 2), xs))
+
+
+def _float_dot(load_chunk, bytes_per_chunk):
+    """Row dot of a float format, 32 weights per step, against float32 activations."""
+    def codegen(context, builder, sig, args):
+        w, x, n_chunks = args
+        row = _ptr(context, builder, sig.args[0], w, ir.Constant(I32, 0), I8)
+        x_row = _ptr(context, builder, sig.args[1], x, ir.Constant(I32, 0), F32)
+
+        def body(i, acc):                                                          # acc: <16 x float>
+            wv = load_chunk(builder, builder.gep(row, [builder.mul(i, ir.Constant(i.type, bytes_per_chunk))]))
+            prod = builder.fmul(wv, _load_vec(builder, x_row, i, 32, vec(F32, 32)), flags=("contract",))
+            return builder.fadd(acc, _halves_sum(builder, prod, 32), flags=("contract", "reassoc"))
+
+        return _block_loop(builder, n_chunks, 16, body)
+
+    def typer(typingctx, w, x, n_chunks):
+        return types.float32(w, x, types.intp), codegen
+    return intrinsic(typer)
+
+
+def _load_f32x32(builder, p):
+    return builder.load(builder.bitcast(p, vec(F32, 32).as_pointer()), align=1)
+
+
+def _load_f16x32(builder, p):
+    return builder.fpext(builder.load(builder.bitcast(p, vec(F16, 32).as_pointer()), align=1), vec(F32, 32))
+
+
+def _load_bf16x32(builder, p):
+    bits = builder.zext(builder.load(builder.bitcast(p, vec(I16, 32).as_pointer()), align=1), vec(I32, 32))
+    return builder.bitcast(builder.shl(bits, ir.Constant(vec(I32, 32), [16] * 32)), vec(F32, 32))
+
+
+dot_f32 = _float_dot(_load_f32x32, 128)
+dot_f16 = _float_dot(_load_f16x32, 64)
+dot_bf16 = _float_dot(_load_bf16x32, 64)
+
+
+@intrinsic
+def half_to_float(typingctx, bits):
+    """uint16 IEEE half bits -> float32 (vcvtph2ps on x86, fcvt on ARM)."""
+    def codegen(context, builder, sig, args):
+        return builder.fpext(builder.bitcast(args[0], F16), F32)
+    return types.float32(types.uint16), codegen
+
+
+@intrinsic
+def float_to_half(typingctx, value):
+    """float32 -> the bits of the nearest IEEE half (round to nearest even), as uint16."""
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(builder.fptrunc(args[0], F16), I16)
+    return types.uint16(types.float32), codegen
