@@ -63,10 +63,68 @@ def _reduce_fadd(builder, acc):
                            [ir.Constant(F32, 0.0), acc], fastmath=("reassoc",))
 
 
+def _native_halves() -> bool:
+    """Whether the target converts halves in hardware (F16C on x86, always on aarch64)."""
+    return cpu.is_arm() or cpu.has("avx2")
+
+
+def _const(t, value):
+    return ir.Constant(t, [value] * t.count) if isinstance(t, ir.VectorType) else ir.Constant(t, value)
+
+
+def half_bits_to_float(builder, bits):
+    """i16 (or <n x i16>) IEEE half bits -> float (or <n x float>).
+
+    vcvtph2ps where the target has it; otherwise integer arithmetic (x86-64 without F16C
+    has no instruction, and LLVM's libcall is not linked into Numba's JIT).
+    """
+    is_vec = isinstance(bits.type, ir.VectorType)
+    n = bits.type.count if is_vec else None
+    half_t, float_t, i32_t = (vec(F16, n), vec(F32, n), vec(I32, n)) if is_vec else (F16, F32, I32)
+    if _native_halves():
+        return builder.fpext(builder.bitcast(bits, half_t), float_t)
+    h = builder.zext(bits, i32_t)
+    magnitude = builder.shl(builder.and_(h, _const(i32_t, 0x7FFF)), _const(i32_t, 13))  # exponent+mantissa in place
+    exponent = builder.and_(magnitude, _const(i32_t, 0x7C00 << 13))
+    normal = builder.add(magnitude, _const(i32_t, (127 - 15) << 23))                    # rebias the exponent
+    inf_nan = builder.add(normal, _const(i32_t, (128 - 16) << 23))
+    # subnormal: let the FPU renormalise: (magnitude + 1<<23 as float) - 2^-14
+    sub = builder.fsub(builder.bitcast(builder.add(normal, _const(i32_t, 1 << 23)), float_t),
+                       _const(float_t, 2.0 ** -14))
+    out = builder.select(builder.icmp_unsigned("==", exponent, _const(i32_t, 0x7C00 << 13)), inf_nan, normal)
+    out = builder.select(builder.icmp_unsigned("==", exponent, _const(i32_t, 0)), builder.bitcast(sub, i32_t), out)
+    sign = builder.shl(builder.and_(h, _const(i32_t, 0x8000)), _const(i32_t, 16))
+    return builder.bitcast(builder.or_(out, sign), float_t)
+
+
+def float_to_half_bits(builder, value):
+    """float -> i16 bits of the nearest half (ties to even); hardware or integer arithmetic as above.
+
+    The integer path covers what activation scales need: zero, subnormal and normal halves;
+    values past the half range become infinity.
+    """
+    if _native_halves():
+        return builder.bitcast(builder.fptrunc(value, F16), I16)
+    f = builder.bitcast(value, I32)
+    sign = builder.and_(builder.lshr(f, ir.Constant(I32, 16)), ir.Constant(I32, 0x8000))
+    absf = builder.and_(f, ir.Constant(I32, 0x7FFFFFFF))
+    # normal halves: round the mantissa to 10 bits, ties to even, then rebias the exponent
+    odd = builder.and_(builder.lshr(absf, ir.Constant(I32, 13)), ir.Constant(I32, 1))
+    rounded = builder.add(absf, builder.add(ir.Constant(I32, 0xFFF), odd))
+    normal = builder.lshr(builder.sub(rounded, ir.Constant(I32, (127 - 15) << 23)), ir.Constant(I32, 13))
+    # subnormal halves: value / 2^-24 rounded to an integer, by adding 0.5 (the FPU rounds to even)
+    sub_f = builder.fadd(builder.bitcast(absf, F32), ir.Constant(F32, 0.5))
+    sub = builder.sub(builder.bitcast(sub_f, I32), builder.bitcast(ir.Constant(F32, 0.5), I32))
+    is_sub = builder.icmp_unsigned("<", absf, ir.Constant(I32, 113 << 23))                # below 2^-14
+    too_big = builder.icmp_unsigned(">=", rounded, ir.Constant(I32, 143 << 23))         # rounds past 65504
+    out = builder.select(is_sub, sub, builder.select(too_big, ir.Constant(I32, 0x7C00), normal))
+    return builder.trunc(builder.or_(out, sign), I16)
+
+
 def _load_f16_at(builder, row_ptr, byte_offset):
     """A little-endian half at row_ptr + byte_offset (any alignment) -> float."""
-    p = builder.bitcast(builder.gep(row_ptr, [ir.Constant(I32, byte_offset)]), F16.as_pointer())
-    return builder.fpext(builder.load(p, align=1), F32)
+    p = builder.bitcast(builder.gep(row_ptr, [ir.Constant(I32, byte_offset)]), I16.as_pointer())
+    return half_bits_to_float(builder, builder.load(p, align=1))
 
 
 def _load_vec(builder, base, index, stride, vtype):
@@ -194,7 +252,7 @@ def _load_f32x32(builder, p):
 
 
 def _load_f16x32(builder, p):
-    return builder.fpext(builder.load(builder.bitcast(p, vec(F16, 32).as_pointer()), align=1), vec(F32, 32))
+    return half_bits_to_float(builder, builder.load(builder.bitcast(p, vec(I16, 32).as_pointer()), align=1))
 
 
 def _load_bf16x32(builder, p):
@@ -211,7 +269,7 @@ dot_bf16 = _float_dot(_load_bf16x32, 64)
 def half_to_float(typingctx, bits):
     """uint16 IEEE half bits -> float32 (vcvtph2ps on x86, fcvt on ARM)."""
     def codegen(context, builder, sig, args):
-        return builder.fpext(builder.bitcast(args[0], F16), F32)
+        return half_bits_to_float(builder, args[0])
     return types.float32(types.uint16), codegen
 
 
@@ -219,5 +277,5 @@ def half_to_float(typingctx, bits):
 def float_to_half(typingctx, value):
     """float32 -> the bits of the nearest IEEE half (round to nearest even), as uint16."""
     def codegen(context, builder, sig, args):
-        return builder.bitcast(builder.fptrunc(args[0], F16), I16)
+        return float_to_half_bits(builder, args[0])
     return types.uint16(types.float32), codegen

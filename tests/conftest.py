@@ -1,0 +1,41 @@
+"""Shared test fixtures: llama.cpp's reference data and the real model files (fetched into the cache)."""
+from __future__ import annotations
+
+import json
+import os
+from functools import lru_cache
+from pathlib import Path
+
+import pytest
+
+import kernels  # noqa: F401  (fixes the CPU level before anything imports numba)
+
+REPO = Path(__file__).resolve().parents[1]
+REFERENCE = Path(os.environ.get("LLAMAFILE_REFERENCE", REPO.parent / "shared" / "reference"))
+
+
+@lru_cache(maxsize=None)
+def read_jsonl(name: str) -> tuple[dict, ...]:
+    path = REFERENCE / name
+    if not path.exists():
+        raise FileNotFoundError(f"reference file {path} is missing (set LLAMAFILE_REFERENCE)")
+    with open(path, encoding="utf-8") as f:
+        return tuple(json.loads(line) for line in f if line.strip())
+
+
+@lru_cache(maxsize=None)
+def model_path(name: str) -> Path:
+    """The cached file of a catalogue model, fetched on first use (no skipping: a missing model fails)."""
+    from weights.fetch import fetch
+    return fetch(name, progress=False)
+
+
+@lru_cache(maxsize=None)
+def loaded_model(name: str):
+    import llamafile
+    return llamafile.load(model_path(name))
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    return loaded_model("smollm2")

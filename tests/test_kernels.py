@@ -1,0 +1,162 @@
+"""Every Numba kernel against its numpy definition, at every CPU level this machine has.
+
+NMSE bound 5e-4 is llama.cpp's own for quantised matmul (test-backend-ops); float formats
+are held much tighter.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numba
+import numpy as np
+import pytest
+from gguf import GGMLQuantizationType as T
+from gguf import quants as gguf_quants
+
+from kernels import cpu, ops, reference, simd
+from kernels.matmul import SUPPORTED, Q8Activations, matmul, quantize_q8
+from weights.quants import dequantize
+
+QUANTISED = (T.Q8_0, T.Q4_0, T.Q4_1)
+SHAPES = [(1, 32, 1), (37, 64, 1), (5, 32, 3), (576, 1536, 7), (33, 576, 128)]  # (rows, k, tokens)
+
+
+def nmse(ours, ref):
+    return float(np.mean((ours - ref) ** 2) / np.mean(ref ** 2))
+
+
+def raw_weights(qtype, w):
+    if qtype == T.F32:
+        return w.view(np.uint8)
+    if qtype == T.F16:
+        return w.astype(np.float16).view(np.uint8)
+    return gguf_quants.quantize(w, qtype)
+
+
+@pytest.mark.parametrize("qtype", sorted(SUPPORTED, key=lambda t: t.name), ids=lambda t: t.name)
+@pytest.mark.parametrize("rows,k,n", SHAPES)
+def test_matmul_matches_dequantised_reference(qtype, rows, k, n):
+    rng = np.random.default_rng(rows * k + n)
+    w = rng.standard_normal((rows, k)).astype(np.float32)
+    x = rng.standard_normal((n, k)).astype(np.float32)
+    raw = np.ascontiguousarray(raw_weights(qtype, w))
+    out = np.full((n, rows), np.nan, np.float32)
+    matmul(qtype, raw, x, out)
+    ref = x @ dequantize(raw, qtype).T
+    bound = 5e-4 if qtype in QUANTISED else 1e-10
+    assert nmse(out, ref) <= bound
+
+
+def test_q8_activations_match_llamacpp_rounding():
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((4, 96)).astype(np.float32)
+    q8 = Q8Activations(4, 96)
+    q, d, s = q8.fill(x)
+    blocks = x.reshape(4, 3, 32)
+    expect_d = (np.abs(blocks).max(-1) / 127).astype(np.float16).astype(np.float32)
+    np.testing.assert_array_equal(d, expect_d)
+    assert np.abs(q.reshape(4, 3, 32) * d[..., None] - blocks).max() <= expect_d.max() * 0.51
+    np.testing.assert_allclose(s, d * q.reshape(4, 3, 32).sum(-1), rtol=1e-3)
+    quantize_q8(np.zeros((1, 32), np.float32), q[:1, :32].copy(), d[:1, :1].copy(), s[:1, :1].copy())  # zero block: no NaN
+
+
+def test_matmul_threads_are_deterministic():
+    rng = np.random.default_rng(5)
+    raw = gguf_quants.quantize(rng.standard_normal((300, 256)).astype(np.float32), T.Q4_1)
+    x = rng.standard_normal((9, 256)).astype(np.float32)
+    results = []
+    for threads in (1, 2):
+        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+        out = np.empty((9, 300), np.float32)
+        results.append(matmul(T.Q4_1, raw, x, out))
+    numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+    np.testing.assert_array_equal(results[0], results[1])
+
+
+@numba.njit(cache=True)
+def _halves_to_floats(bits, out):
+    for i in range(bits.shape[0]):
+        out[i] = simd.half_to_float(bits[i])
+
+
+@numba.njit(cache=True)
+def _floats_to_halves(values, out):
+    for i in range(values.shape[0]):
+        out[i] = simd.float_to_half(values[i])
+
+
+def test_half_conversions_exact():
+    """Every half converts exactly; floats round to the nearest half as numpy does."""
+    bits = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16)
+    floats = np.empty(1 << 16, np.float32)
+    _halves_to_floats(bits, floats)
+    expect = bits.view(np.float16).astype(np.float32)
+    finite = np.isfinite(expect)
+    np.testing.assert_array_equal(floats[finite], expect[finite])
+    assert np.isnan(floats[np.isnan(expect)]).all() and np.array_equal(floats[np.isinf(expect)], expect[np.isinf(expect)])
+    rng = np.random.default_rng(0)
+    values = np.concatenate([rng.standard_normal(5000) * 10.0 ** rng.integers(-9, 5, 5000), [0.0, 65504.0, 65519.0]])
+    values = values.astype(np.float32)
+    halves = np.empty(values.shape, np.uint16)
+    _floats_to_halves(values, halves)
+    np.testing.assert_array_equal(halves, values.astype(np.float16).view(np.uint16))
+
+
+def test_rmsnorm():
+    rng = np.random.default_rng(1)
+    x, w = rng.standard_normal((5, 576)).astype(np.float32), rng.standard_normal(576).astype(np.float32)
+    out = np.empty_like(x)
+    ops.rmsnorm(x, w, np.float32(1e-5), out)
+    np.testing.assert_allclose(out, reference.rmsnorm(x, w, 1e-5), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("neox", [False, True])
+def test_rope(neox):
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((6, 3, 64)).astype(np.float32)
+    positions = np.arange(10, 16)
+    cos, sin = np.empty((6, 32), np.float32), np.empty((6, 32), np.float32)
+    ops.rope_tables(positions.astype(np.float64), 64, 10000.0, cos, sin)
+    ours = x.copy()
+    ops.rope(ours, cos, sin, neox)
+    np.testing.assert_allclose(ours, reference.rope(x, positions, 64, 10000.0, neox), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("start,n", [(0, 1), (0, 7), (5, 1), (9, 4)])
+def test_attention(start, n):
+    rng = np.random.default_rng(start + n)
+    q = rng.standard_normal((n, 9, 64)).astype(np.float32)
+    k = rng.standard_normal((start + n, 3, 64)).astype(np.float32)
+    v = rng.standard_normal((start + n, 3, 64)).astype(np.float32)
+    out, scores = np.empty_like(q), np.empty((9, start + n), np.float32)
+    ops.attention(q, k, v, start, scores, out)
+    np.testing.assert_allclose(out, reference.attention(q, k, v, start), rtol=1e-4, atol=1e-5)
+
+
+def test_swiglu():
+    rng = np.random.default_rng(4)
+    g, u = rng.standard_normal((3, 100)).astype(np.float32), rng.standard_normal((3, 100)).astype(np.float32)
+    out = np.empty_like(g)
+    ops.swiglu(g, u, out)
+    np.testing.assert_allclose(out, reference.swiglu(g, u), rtol=1e-5, atol=1e-6)
+
+
+LOWER_LEVELS = [lv for lv in cpu.levels()[: cpu.levels().index(cpu.detect())]]
+
+
+@pytest.mark.skipif(os.environ.get("LLAMAFILE_CPU") is not None, reason="already inside a forced-level run")
+@pytest.mark.parametrize("level", LOWER_LEVELS)
+def test_lower_cpu_levels(level):
+    """The same kernel tests, compiled for a lower CPU level in a fresh process."""
+    env = dict(os.environ, LLAMAFILE_CPU=level)
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", __file__,
+                        "-k", "matmul or attention or half"], env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+
+
+def test_cpu_level_choice():
+    assert cpu.LEVEL in cpu.levels()
+    with pytest.raises(cpu.CPULevelError, match="unknown"):
+        cpu.choose("pentium")
