@@ -133,12 +133,34 @@ def _load_vec(builder, base, index, stride, vtype):
     return builder.load(builder.bitcast(p, vtype.as_pointer()), align=1)
 
 
-def _block_loop(builder, n, lanes, body):
-    """acc = 0 (lanes floats); for i in range(n): acc = body(i, acc); return the sum of acc's lanes."""
-    acc_ptr = cgutils.alloca_once_value(builder, ir.Constant(vec(F32, lanes), None))
-    with cgutils.for_range(builder, n) as loop:
-        builder.store(body(loop.index, builder.load(acc_ptr)), acc_ptr)
-    return _reduce_fadd(builder, builder.load(acc_ptr))
+def _block_loop(builder, n, lanes, body, n_acc=4):
+    """Sum body's contributions over steps 0..n-1 -> float32.
+
+    body(i, acc, extra) -> (acc, extra): acc a <lanes x float> accumulator, extra a scalar one
+    (for per-block terms such as Q4_1's minimum). Steps go round-robin to n_acc independent
+    accumulators so consecutive blocks do not wait on each other's multiply-add.
+    """
+    zero = ir.Constant(vec(F32, lanes), None)
+    accs = [cgutils.alloca_once_value(builder, zero) for _ in range(n_acc)]
+    extra = cgutils.alloca_once_value(builder, ir.Constant(F32, 0.0))
+
+    def step(i, acc):
+        new_acc, new_extra = body(i, builder.load(acc), builder.load(extra))
+        builder.store(new_acc, acc)
+        builder.store(new_extra, extra)
+
+    width = ir.Constant(n.type, n_acc)
+    with cgutils.for_range(builder, builder.udiv(n, width)) as loop:
+        first = builder.mul(loop.index, width)
+        for j, acc in enumerate(accs):
+            step(builder.add(first, ir.Constant(n.type, j)), acc)
+    done = builder.mul(builder.udiv(n, width), width)
+    with cgutils.for_range(builder, builder.sub(n, done)) as loop:  # the remaining steps
+        step(builder.add(done, loop.index), accs[0])
+    total = builder.load(accs[0])
+    for acc in accs[1:]:
+        total = builder.fadd(total, builder.load(acc))
+    return builder.fadd(_reduce_fadd(builder, total), builder.load(extra))
 
 
 def _int_dot32(builder, w, x, w_nonnegative):
@@ -191,7 +213,7 @@ def _quant_dot(block_bytes, unpack, correction):
         row = _ptr(context, builder, sig.args[0], w, ir.Constant(I32, 0), I8)
         x_row = _ptr(context, builder, sig.args[1], xq, ir.Constant(I32, 0), I8)
 
-        def body(b, acc):                                                         # acc: <8 x float>
+        def body(b, acc, extra):                                                  # acc: <8 x float>
             block = builder.gep(row, [builder.mul(b, ir.Constant(b.type, block_bytes))])
             quants, nonnegative = unpack(builder, block)
             isum = _int_dot32(builder, quants, _load_vec(builder, x_row, b, 32, vec(I8, 32)), nonnegative)
@@ -199,11 +221,10 @@ def _quant_dot(block_bytes, unpack, correction):
             scale = builder.fmul(d_w, builder.load(_ptr(context, builder, sig.args[2], xd, b, F32)))
             acc = _call_intrinsic(builder, "llvm.fmuladd.v8f32", vec(F32, 8),
                                   [builder.sitofp(isum, vec(F32, 8)), _splat(builder, scale, 8), acc])
-            if correction is not None:  # spread evenly over the 8 lanes (x/8 is exact)
+            if correction is not None:
                 xs_b = builder.load(_ptr(context, builder, sig.args[3], xs, b, F32))
-                extra = builder.fmul(correction(builder, block, d_w, xs_b), ir.Constant(F32, 1.0 / 8))
-                acc = builder.fadd(acc, _splat(builder, extra, 8))
-            return acc
+                extra = builder.fadd(extra, correction(builder, block, d_w, xs_b))
+            return acc, extra
 
         return _block_loop(builder, nblk, 8, body)
 
@@ -235,10 +256,10 @@ def _float_dot(load_chunk, bytes_per_chunk):
         row = _ptr(context, builder, sig.args[0], w, ir.Constant(I32, 0), I8)
         x_row = _ptr(context, builder, sig.args[1], x, ir.Constant(I32, 0), F32)
 
-        def body(i, acc):                                                          # acc: <16 x float>
+        def body(i, acc, extra):                                                   # acc: <16 x float>
             wv = load_chunk(builder, builder.gep(row, [builder.mul(i, ir.Constant(i.type, bytes_per_chunk))]))
             prod = builder.fmul(wv, _load_vec(builder, x_row, i, 32, vec(F32, 32)), flags=("contract",))
-            return builder.fadd(acc, _halves_sum(builder, prod, 32), flags=("contract", "reassoc"))
+            return builder.fadd(acc, _halves_sum(builder, prod, 32), flags=("contract", "reassoc")), extra
 
         return _block_loop(builder, n_chunks, 16, body)
 

@@ -22,6 +22,11 @@ class NumpyBackend:
     attention = staticmethod(reference.attention)
     swiglu = staticmethod(reference.swiglu)
 
+    @staticmethod
+    def prepare(x: np.ndarray):
+        """An input that several matmuls will share (a faster backend converts it once)."""
+        return x
+
     def matmul(self, w: Tensor, x: np.ndarray) -> np.ndarray:
         """x: (n, n_per_row) -> x @ W.T: (n, rows), W read from its quantised rows a slab at a time."""
         rows, row_bytes = w.data.shape
@@ -36,6 +41,24 @@ class NumpyBackend:
         return dequantize(w.data[ids], w.type)
 
 
+class Prepared:
+    """An activation (n, k) with its 8-bit quantisation, made on first use and then shared."""
+
+    def __init__(self, x: np.ndarray, mm):
+        self.x, self.mm, self.q8 = np.ascontiguousarray(x, dtype=np.float32), mm, None
+
+    @property
+    def shape(self):
+        return self.x.shape
+
+    def quantised(self):
+        if self.q8 is None:
+            n, k = self.x.shape
+            scratch = self.mm.Q8Activations(n, k)
+            self.q8 = scratch.fill(self.x)
+        return self.q8
+
+
 class NumbaBackend(NumpyBackend):
     """The kernels of `kernels/`: weights read block by block in place, threads over rows.
 
@@ -47,22 +70,21 @@ class NumbaBackend(NumpyBackend):
         from kernels import matmul as mm
         from kernels import ops
         self.mm, self.ops = mm, ops
-        self._q8 = None  # activation scratch, grown to the largest batch and width seen
 
-    def _q8_scratch(self, n: int, k: int):
-        if self._q8 is None or self._q8.q.shape[0] < n or self._q8.q.shape[1] != k:
-            self._q8 = None if self._q8 is None or self._q8.q.shape[1] != k else self._q8
-            self._q8 = self.mm.Q8Activations(max(n, 1 if self._q8 is None else self._q8.q.shape[0]), k)
-        return self._q8
+    def prepare(self, x: np.ndarray) -> Prepared:
+        return Prepared(x, self.mm)
 
-    def matmul(self, w: Tensor, x: np.ndarray) -> np.ndarray:
+    def matmul(self, w: Tensor, x) -> np.ndarray:
+        x = x if isinstance(x, Prepared) else Prepared(x, self.mm)
         n, k = x.shape
         if w.type not in self.mm.SUPPORTED or k % 32:
-            return super().matmul(w, x)
+            return super().matmul(w, x.x)
         out = np.empty((n, w.data.shape[0]), dtype=np.float32)
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        q8 = None if w.type in self.mm.FLOAT_MATMUL else self._q8_scratch(n, k)
-        return self.mm.matmul(w.type, w.data, x, out, q8)
+        if w.type in self.mm.FLOAT_MATMUL:
+            self.mm.FLOAT_MATMUL[w.type](w.data, x.x, out)
+        else:
+            self.mm.QUANT_MATMUL[w.type](w.data, *x.quantised(), out)
+        return out
 
     def rmsnorm(self, x, weight, eps):
         out = np.empty_like(x)
@@ -89,3 +111,6 @@ class NumbaBackend(NumpyBackend):
         out = np.empty_like(gate)
         self.ops.swiglu(gate, up, out)
         return out
+
+
+BACKENDS = {"numpy": NumpyBackend, "numba": NumbaBackend}

@@ -8,7 +8,7 @@ import numpy as np
 
 from weights.gguf import GGUFError, GGUFFile
 
-from .backend import NumpyBackend
+from .backend import BACKENDS
 from .config import ModelConfig
 from .generate import generate
 from .models import ARCHITECTURES
@@ -24,18 +24,19 @@ class ContextOverflowError(ValueError):
 
 
 class Model:
-    def __init__(self, gguf: GGUFFile, n_ctx: int | None = None, backend=None):
+    def __init__(self, gguf: GGUFFile, n_ctx: int | None = None, backend="numba"):
         self.gguf = gguf
-        self.config = ModelConfig.from_gguf(gguf)
-        arch = ARCHITECTURES.get(self.config.arch)
+        arch_name = gguf.require("general.architecture")
+        arch = ARCHITECTURES.get(arch_name)
         if arch is None:
-            raise GGUFError(f"{gguf.path}: unknown architecture '{self.config.arch}' "
+            raise GGUFError(f"{gguf.path}: unknown architecture '{arch_name}' "
                             f"(supported: {', '.join(sorted(ARCHITECTURES))})")
+        self.config = ModelConfig.from_gguf(gguf)
         try:
             self.tokenizer = BPETokenizer.from_metadata(gguf.metadata)
         except ValueError as e:
             raise GGUFError(f"{gguf.path}: {e}") from None
-        self.backend = backend or NumpyBackend()
+        self.backend = BACKENDS[backend]() if isinstance(backend, str) else backend
         self.net = arch(gguf, self.config, self.backend)
         self.n_ctx = min(n_ctx or DEFAULT_N_CTX, self.config.n_ctx_train)
         self.cache = KVCache.allocate(self.config, self.n_ctx)
@@ -87,6 +88,9 @@ class Model:
 
 
 def load(path: str | os.PathLike, *, n_ctx: int | None = None, offset: int = 0, size: int | None = None,
-         backend=None) -> Model:
-    """Map a GGUF file (or one embedded at offset in a larger file) and get it ready to run."""
+         backend="numba") -> Model:
+    """Map a GGUF file (or one embedded at offset in a larger file) and get it ready to run.
+
+    backend: "numba" (the kernels) or "numpy" (the slow reference), or a backend object.
+    """
     return Model(GGUFFile(path, offset=offset, size=size), n_ctx=n_ctx, backend=backend)

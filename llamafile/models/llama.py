@@ -96,7 +96,7 @@ class Llama:
         x = ops.embed(self.token_embd, tokens)                                     # (n, n_embd)
         for layer, b in enumerate(self.blocks):
             # attention
-            h = ops.rmsnorm(x, b.attn_norm, c.norm_eps)                            # (n, n_embd)
+            h = ops.prepare(ops.rmsnorm(x, b.attn_norm, c.norm_eps))              # (n, n_embd), shared by q, k, v
             q = _with_bias(ops.matmul(b.wq, h), b.bq).reshape(n, c.n_head, c.head_dim)
             k = _with_bias(ops.matmul(b.wk, h), b.bk).reshape(n, c.n_head_kv, c.head_dim)
             v = _with_bias(ops.matmul(b.wv, h), b.bv).reshape(n, c.n_head_kv, c.head_dim)
@@ -107,7 +107,7 @@ class Llama:
             att = ops.attention(q, cache.k[layer, : start + n], cache.v[layer, : start + n], start)
             x = x + ops.matmul(b.wo, att.reshape(n, c.n_head * c.head_dim))
             # feed-forward
-            h = ops.rmsnorm(x, b.ffn_norm, c.norm_eps)
+            h = ops.prepare(ops.rmsnorm(x, b.ffn_norm, c.norm_eps))               # shared by gate and up
             x = x + ops.matmul(b.down, ops.swiglu(ops.matmul(b.gate, h), ops.matmul(b.up, h)))
         cache.n_past = start + n
         if not all_logits:
