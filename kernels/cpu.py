@@ -105,3 +105,38 @@ def has(feature: str) -> bool:
     order = levels()
     needs = {"avx2": "avx2", "avx512": "avx512", "vnni": "avx512vnni", "dotprod": "dotprod"}[feature]
     return needs in order and order.index(level) >= order.index(needs)
+
+
+def physical_cores() -> int:
+    """Cores (not hyper-threads) this process may run on."""
+    try:
+        allowed = os.sched_getaffinity(0)
+    except AttributeError:  # not Linux
+        return max(1, (os.cpu_count() or 2) // 2)
+    cores = set()
+    try:
+        for cpu_id in allowed:
+            path = f"/sys/devices/system/cpu/cpu{cpu_id}/topology/thread_siblings_list"
+            with open(path) as f:
+                cores.add(f.read().strip())
+    except OSError:
+        return len(allowed)
+    return max(1, len(cores))
+
+
+def default_threads() -> int:
+    """LLAMAFILE_THREADS, else NUMBA_NUM_THREADS, else the physical cores."""
+    for var in ("LLAMAFILE_THREADS", "NUMBA_NUM_THREADS"):
+        value = os.environ.get(var, "")
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    return physical_cores()
+
+
+def set_threads(n: int | None = None) -> int:
+    """Use n threads for the kernels (default: default_threads()); returns the number in use."""
+    import numba
+    n = n or default_threads()
+    n = max(1, min(n, numba.config.NUMBA_NUM_THREADS))
+    numba.set_num_threads(n)
+    return n

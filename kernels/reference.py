@@ -29,6 +29,12 @@ def rope(x: np.ndarray, positions: np.ndarray, rope_dim: int, base: float, neox:
     in llama's layout, or halves (x[i], x[i + rope_dim/2]) in GPT-NeoX's (Qwen2, Gemma).
     """
     cos, sin = rope_angles(positions, rope_dim, base)
+    return apply_rope(x, cos, sin, neox)
+
+
+def apply_rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, neox: bool) -> np.ndarray:
+    """x: (n, n_heads, head_dim), cos/sin: (n, rope_dim/2) -> rotated copy of x."""
+    rope_dim = 2 * cos.shape[1]
     cos, sin = cos[:, None, :], sin[:, None, :]                                    # (n, 1, rope_dim/2)
     out = x.astype(np.float32, copy=True)
     if neox:

@@ -1,8 +1,10 @@
 """Backends: how the forward pass multiplies by weights and runs its other steps.
 
+Every method writes into an output the caller allocated once (llamafile.models.llama.RunState).
+
 `NumpyBackend` is the reference: it dequantises a slab of weight rows at a time (never a
-whole tensor) and multiplies in float32, and takes the rest of its math from
-`kernels.reference`. Faster backends offer the same methods.
+whole tensor) and multiplies in float32, with the rest of its math from `kernels.reference`.
+`NumbaBackend` runs the kernels of `kernels/`, reading the quantised blocks in place.
 """
 from __future__ import annotations
 
@@ -17,35 +19,53 @@ class NumpyBackend:
     name = "numpy"
     slab_bytes = 8 << 20  # dequantise at most this many bytes of weights at once
 
-    rmsnorm = staticmethod(reference.rmsnorm)
-    rope = staticmethod(reference.rope)
-    attention = staticmethod(reference.attention)
-    swiglu = staticmethod(reference.swiglu)
-
-    @staticmethod
-    def prepare(x: np.ndarray):
+    def prepare(self, x: np.ndarray):
         """An input that several matmuls will share (a faster backend converts it once)."""
         return x
 
-    def matmul(self, w: Tensor, x: np.ndarray) -> np.ndarray:
-        """x: (n, n_per_row) -> x @ W.T: (n, rows), W read from its quantised rows a slab at a time."""
+    def matmul(self, w: Tensor, x, out: np.ndarray) -> np.ndarray:
+        """out (n, rows) = x (n, n_per_row) @ W.T, W read from its quantised rows a slab at a time."""
         rows, row_bytes = w.data.shape
         step = max(1, self.slab_bytes // row_bytes)
-        out = np.empty((x.shape[0], rows), dtype=np.float32)
         for r in range(0, rows, step):
             out[:, r : r + step] = x @ dequantize(w.data[r : r + step], w.type).T
         return out
 
-    def embed(self, w: Tensor, ids: np.ndarray) -> np.ndarray:
-        """ids: (n,) -> their rows of the embedding table, (n, dim) float32."""
-        return dequantize(w.data[ids], w.type)
+    def embed(self, w: Tensor, ids: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """out (n, dim) = the rows of the embedding table for ids (n,)."""
+        out[:] = dequantize(w.data[ids], w.type)
+        return out
+
+    def rmsnorm(self, x, weight, eps, out):
+        out[:] = reference.rmsnorm(x, weight, eps)
+        return out
+
+    def allocate(self, n_batch: int, n_heads: int, n_ctx: int, rope_dim: int) -> None:
+        """Scratch sized by the model and context, once (the reference needs none)."""
+
+    def rope_angles(self, positions, rope_dim, base):
+        """cos, sin (n, rope_dim/2) for these positions: computed once per forward pass."""
+        return reference.rope_angles(positions, rope_dim, base)
+
+    def rope(self, x, angles, neox):
+        """In place: x (n, heads, head_dim) rotated by angles from rope_angles."""
+        x[:] = reference.apply_rope(x, *angles, neox)
+        return x
+
+    def attention(self, q, k, v, start, out):
+        out[:] = reference.attention(q, k, v, start)
+        return out
+
+    def swiglu(self, gate, up, out):
+        out[:] = reference.swiglu(gate, up)
+        return out
 
 
 class Prepared:
-    """An activation (n, k) with its 8-bit quantisation, made on first use and then shared."""
+    """An activation (n, k) and, once a quantised matmul asks, its 8-bit form in the backend's scratch."""
 
-    def __init__(self, x: np.ndarray, mm):
-        self.x, self.mm, self.q8 = np.ascontiguousarray(x, dtype=np.float32), mm, None
+    def __init__(self, x: np.ndarray, backend: "NumbaBackend"):
+        self.x, self.backend, self.q8 = x, backend, None
 
     @property
     def shape(self):
@@ -53,9 +73,7 @@ class Prepared:
 
     def quantised(self):
         if self.q8 is None:
-            n, k = self.x.shape
-            scratch = self.mm.Q8Activations(n, k)
-            self.q8 = scratch.fill(self.x)
+            self.q8 = self.backend.q8_scratch(self.x.shape[1]).fill(self.x)
         return self.q8
 
 
@@ -71,46 +89,53 @@ class NumbaBackend(NumpyBackend):
         from kernels import ops
         self.mm, self.ops = mm, ops
 
-    def prepare(self, x: np.ndarray) -> Prepared:
-        return Prepared(x, self.mm)
+    def q8_scratch(self, k: int):
+        """8-bit activations of width k, allocated on first use (once per width: n_embd, n_ff)."""
+        if k not in self._q8:
+            self._q8[k] = self.mm.Q8Activations(self.n_batch, k)
+        return self._q8[k]
 
-    def matmul(self, w: Tensor, x) -> np.ndarray:
-        x = x if isinstance(x, Prepared) else Prepared(x, self.mm)
-        n, k = x.shape
-        if w.type not in self.mm.SUPPORTED or k % 32:
-            return super().matmul(w, x.x)
-        out = np.empty((n, w.data.shape[0]), dtype=np.float32)
+    def prepare(self, x: np.ndarray) -> Prepared:
+        return Prepared(x, self)
+
+    def matmul(self, w: Tensor, x, out: np.ndarray) -> np.ndarray:
+        x = x if isinstance(x, Prepared) else Prepared(x, self)
+        if w.type not in self.mm.SUPPORTED or x.shape[1] % 32:
+            return super().matmul(w, x.x, out)
         if w.type in self.mm.FLOAT_MATMUL:
             self.mm.FLOAT_MATMUL[w.type](w.data, x.x, out)
         else:
             self.mm.QUANT_MATMUL[w.type](w.data, *x.quantised(), out)
         return out
 
-    def rmsnorm(self, x, weight, eps):
-        out = np.empty_like(x)
-        self.ops.rmsnorm(np.ascontiguousarray(x), weight, np.float32(eps), out)
+    def rmsnorm(self, x, weight, eps, out):
+        self.ops.rmsnorm(x, weight, np.float32(eps), out)
         return out
 
-    def rope(self, x, positions, rope_dim, base, neox):
+    def rope_angles(self, positions, rope_dim, base):
         n = len(positions)
-        cos = np.empty((n, rope_dim // 2), np.float32)
-        sin = np.empty((n, rope_dim // 2), np.float32)
+        cos, sin = self._rope_cos[:n], self._rope_sin[:n]
         self.ops.rope_tables(positions.astype(np.float64), rope_dim, float(base), cos, sin)
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        self.ops.rope(x, cos, sin, neox)
+        return cos, sin
+
+    def rope(self, x, angles, neox):
+        self.ops.rope(x, *angles, neox)
         return x
 
-    def attention(self, q, k, v, start):
-        n, heads, hd = q.shape
-        scores = np.empty((heads, k.shape[0]), np.float32)
-        out = np.empty((n, heads, hd), np.float32)
-        self.ops.attention(np.ascontiguousarray(q), k, v, start, scores, out)
+    def attention(self, q, k, v, start, out):
+        self.ops.attention(q, k, v, start, self._scores, out)
         return out
 
-    def swiglu(self, gate, up):
-        out = np.empty_like(gate)
+    def swiglu(self, gate, up, out):
         self.ops.swiglu(gate, up, out)
         return out
+
+    def allocate(self, n_batch: int, n_heads: int, n_ctx: int, rope_dim: int) -> None:
+        self.n_batch = n_batch
+        self._q8 = {}                                                # width -> Q8Activations
+        self._scores = np.empty((n_heads, n_ctx), np.float32)        # (heads, n_ctx)
+        self._rope_cos = np.empty((n_batch, rope_dim // 2), np.float32)
+        self._rope_sin = np.empty((n_batch, rope_dim // 2), np.float32)
 
 
 BACKENDS = {"numpy": NumpyBackend, "numba": NumbaBackend}

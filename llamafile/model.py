@@ -12,11 +12,12 @@ from .backend import BACKENDS
 from .config import ModelConfig
 from .generate import generate
 from .models import ARCHITECTURES
-from .models.llama import KVCache
+from .models.llama import KVCache, RunState
 from .sampling import Sampler
 from .tokenizer import BPETokenizer
 
 DEFAULT_N_CTX = 4096
+N_BATCH = 512  # tokens evaluated together; longer prompts go in batches of this size
 
 
 class ContextOverflowError(ValueError):
@@ -40,6 +41,8 @@ class Model:
         self.net = arch(gguf, self.config, self.backend)
         self.n_ctx = min(n_ctx or DEFAULT_N_CTX, self.config.n_ctx_train)
         self.cache = KVCache.allocate(self.config, self.n_ctx)
+        self.state = RunState(self.config, n_batch=min(N_BATCH, self.n_ctx))
+        self.backend.allocate(self.state.n_batch, self.config.n_head, self.n_ctx, self.config.rope_dim)
 
     # --- text <-> ids -------------------------------------------------------------
     def tokenize(self, text: str, add_special: bool = True, parse_special: bool = False) -> list[int]:
@@ -60,9 +63,10 @@ class Model:
         self.cache.n_past = 0
 
     def eval(self, ids: Sequence[int], all_logits: bool = False) -> np.ndarray:
-        """Append ids to the context; logits of the last one (n_vocab,), or of all (n, n_vocab)."""
+        """Append ids to the context; logits of all of them (n, n_vocab), or of the last one
+        (n_vocab,): a view into the run state that the next eval overwrites."""
         tokens = self._check_ids(ids)
-        logits = self.net.forward(tokens, self.cache, all_logits=all_logits)
+        logits = self.net.forward(tokens, self.cache, self.state, all_logits=all_logits)
         return logits if all_logits else logits[-1]
 
     def logits(self, ids: Sequence[int]) -> np.ndarray:

@@ -38,6 +38,28 @@ class KVCache:
         return self.k.shape[1]
 
 
+class RunState:
+    """Every activation buffer of a forward pass, allocated once per context (llama2.c's RunState).
+
+    A batch holds at most n_batch tokens; longer prompts are evaluated n_batch at a time.
+    """
+
+    def __init__(self, c: ModelConfig, n_batch: int):
+        q_dim, kv_dim = c.n_head * c.head_dim, c.n_head_kv * c.head_dim
+        self.n_batch = n_batch
+        self.x = np.zeros((n_batch, c.n_embd), np.float32)       # the residual stream
+        self.h = np.zeros((n_batch, c.n_embd), np.float32)       # normalised x
+        self.q = np.zeros((n_batch, c.n_head, c.head_dim), np.float32)
+        self.k = np.zeros((n_batch, c.n_head_kv, c.head_dim), np.float32)
+        self.v = np.zeros((n_batch, c.n_head_kv, c.head_dim), np.float32)
+        self.att = np.zeros((n_batch, q_dim), np.float32)        # attention output, heads side by side
+        self.proj = np.zeros((n_batch, c.n_embd), np.float32)    # a block's output before the residual add
+        self.gate = np.zeros((n_batch, c.n_ff), np.float32)
+        self.up = np.zeros((n_batch, c.n_ff), np.float32)
+        self.ffn = np.zeros((n_batch, c.n_ff), np.float32)       # silu(gate) * up
+        self.logits = np.zeros((1, c.n_vocab), np.float32)       # the last token's
+
+
 @dataclass
 class Block:
     attn_norm: np.ndarray        # (n_embd,)
@@ -85,38 +107,59 @@ class Llama:
         self.output = (weights.matrix("output.weight", (c.n_vocab, c.n_embd))
                        if "output.weight" in gguf.tensors else self.token_embd)
 
-    def forward(self, tokens: np.ndarray, cache: KVCache, all_logits: bool = True) -> np.ndarray:
+    def forward(self, tokens: np.ndarray, cache: KVCache, state: RunState, all_logits: bool = False) -> np.ndarray:
         """Evaluate tokens at positions cache.n_past.. and append their keys and values.
 
-        tokens: (n,) -> logits (n, n_vocab), or (1, n_vocab) for the last token only.
+        tokens: (n,) -> logits (n, n_vocab) with all_logits, else the last token's (1, n_vocab),
+        a view into state that the next call overwrites.
         """
+        n = len(tokens)
+        out = np.empty((n, self.config.n_vocab), np.float32) if all_logits else None
+        for first in range(0, n, state.n_batch):
+            chunk = tokens[first : first + state.n_batch]
+            is_last = first + len(chunk) == n
+            logits = self._forward_batch(chunk, cache, state, "all" if all_logits else "last" if is_last else None,
+                                         out[first : first + len(chunk)] if all_logits else state.logits)
+        return logits
+
+    def _forward_batch(self, tokens: np.ndarray, cache: KVCache, s: RunState, logits_for: str | None,
+                       out: np.ndarray) -> np.ndarray | None:
         c, ops = self.config, self.backend
         n, start = len(tokens), cache.n_past
-        positions = np.arange(start, start + n)                                    # (n,)
-        x = ops.embed(self.token_embd, tokens)                                     # (n, n_embd)
+        x, h, q, k, v = s.x[:n], s.h[:n], s.q[:n], s.k[:n], s.v[:n]                    # (n, ...)
+        att, proj, gate, up, ffn = s.att[:n], s.proj[:n], s.gate[:n], s.up[:n], s.ffn[:n]
+        angles = ops.rope_angles(np.arange(start, start + n), c.rope_dim, c.rope_base)
+        ops.embed(self.token_embd, tokens, x)                                            # (n, n_embd)
         for layer, b in enumerate(self.blocks):
             # attention
-            h = ops.prepare(ops.rmsnorm(x, b.attn_norm, c.norm_eps))              # (n, n_embd), shared by q, k, v
-            q = _with_bias(ops.matmul(b.wq, h), b.bq).reshape(n, c.n_head, c.head_dim)
-            k = _with_bias(ops.matmul(b.wk, h), b.bk).reshape(n, c.n_head_kv, c.head_dim)
-            v = _with_bias(ops.matmul(b.wv, h), b.bv).reshape(n, c.n_head_kv, c.head_dim)
-            q = ops.rope(q, positions, c.rope_dim, c.rope_base, self.rope_neox)
-            k = ops.rope(k, positions, c.rope_dim, c.rope_base, self.rope_neox)
+            shared = ops.prepare(ops.rmsnorm(x, b.attn_norm, c.norm_eps, h))           # one input for q, k, v
+            ops.matmul(b.wq, shared, q.reshape(n, -1))
+            ops.matmul(b.wk, shared, k.reshape(n, -1))
+            ops.matmul(b.wv, shared, v.reshape(n, -1))
+            _add_bias(q, b.bq), _add_bias(k, b.bk), _add_bias(v, b.bv)
+            ops.rope(q, angles, self.rope_neox)
+            ops.rope(k, angles, self.rope_neox)
             cache.k[layer, start : start + n] = k
             cache.v[layer, start : start + n] = v
-            att = ops.attention(q, cache.k[layer, : start + n], cache.v[layer, : start + n], start)
-            x = x + ops.matmul(b.wo, att.reshape(n, c.n_head * c.head_dim))
+            ops.attention(q, cache.k[layer, : start + n], cache.v[layer, : start + n], start,
+                          att.reshape(n, c.n_head, c.head_dim))
+            x += ops.matmul(b.wo, att, proj)
             # feed-forward
-            h = ops.prepare(ops.rmsnorm(x, b.ffn_norm, c.norm_eps))               # shared by gate and up
-            x = x + ops.matmul(b.down, ops.swiglu(ops.matmul(b.gate, h), ops.matmul(b.up, h)))
+            shared = ops.prepare(ops.rmsnorm(x, b.ffn_norm, c.norm_eps, h))           # one input for gate, up
+            ops.matmul(b.gate, shared, gate)
+            ops.matmul(b.up, shared, up)
+            x += ops.matmul(b.down, ops.swiglu(gate, up, ffn), proj)
         cache.n_past = start + n
-        if not all_logits:
-            x = x[-1:]
-        return ops.matmul(self.output, ops.rmsnorm(x, self.output_norm, c.norm_eps))  # (n or 1, n_vocab)
+        if logits_for is None:
+            return None
+        rows = x if logits_for == "all" else x[-1:]                                     # (n or 1, n_embd)
+        return ops.matmul(self.output, ops.rmsnorm(rows, self.output_norm, c.norm_eps, h[: len(rows)]), out)
 
 
-def _with_bias(y: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
-    return y if bias is None else y + bias
+def _add_bias(y: np.ndarray, bias: np.ndarray | None) -> None:
+    """y: (n, heads, head_dim) += bias (heads * head_dim,), where the file has one."""
+    if bias is not None:
+        y += bias.reshape(y.shape[1:])
 
 
 class _TensorLoader:
