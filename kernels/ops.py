@@ -10,7 +10,7 @@ import numpy as np
 from numba import njit, prange
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, fastmath=True)
 def rmsnorm(x, weight, eps, out):
     """x: (n, dim) -> out (n, dim) = x / sqrt(mean(x^2) + eps) * weight."""
     n, dim = x.shape
@@ -47,7 +47,7 @@ def rope(x, cos, sin, neox):
                 x[t, h, b_i] = a * sin[t, i] + b * cos[t, i]
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, fastmath=True)
 def attention(q, k, v, start, scores, out):
     """Causal grouped-query attention over the KV cache.
 

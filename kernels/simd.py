@@ -239,14 +239,31 @@ def _packed_nibbles_at(builder, block, offset):
 
 
 # Q8_0: d, 32 x int8                      sum_j d*q_j * x_j
-dot_q8_0 = _quant_dot(34, lambda b, blk: (_load_vec(b, b.gep(blk, [ir.Constant(I32, 2)]), ir.Constant(I32, 0), 0, vec(I8, 32)), False),
-                      correction=None)
+def _unpack_q8_0(b, blk):
+    return _load_vec(b, b.gep(blk, [ir.Constant(I32, 2)]), ir.Constant(I32, 0), 0, vec(I8, 32)), False
+
+
 # Q4_0: d, 16 bytes of nibbles            sum_j d*(q_j - 8) * x_j = d*(sum_j q_j x_j) - 8*d*sum_j x_j
-dot_q4_0 = _quant_dot(18, lambda b, blk: (_packed_nibbles_at(b, blk, 2), True),
-                      correction=lambda b, blk, d_w, xs: b.fmul(b.fmul(d_w, ir.Constant(F32, -8.0)), xs))
+def _unpack_q4_0(b, blk):
+    return _packed_nibbles_at(b, blk, 2), True
+
+
+def _minus_8(b, blk, d_w, xs):
+    return b.fmul(b.fmul(d_w, ir.Constant(F32, -8.0)), xs)
+
+
 # Q4_1: d, m, 16 bytes of nibbles         sum_j (d*q_j + m) * x_j = d*(sum_j q_j x_j) + m*sum_j x_j
-dot_q4_1 = _quant_dot(20, lambda b, blk: (_packed_nibbles_at(b, blk, 4), True),
-                      correction=lambda b, blk, d_w, xs: b.fmul(_load_f16_at(b, blk, 2), xs))
+def _unpack_q4_1(b, blk):
+    return _packed_nibbles_at(b, blk, 4), True
+
+
+def _minimum(b, blk, d_w, xs):
+    return b.fmul(_load_f16_at(b, blk, 2), xs)
+
+
+dot_q8_0 = _quant_dot(34, _unpack_q8_0, None)
+dot_q4_0 = _quant_dot(18, _unpack_q4_0, _minus_8)
+dot_q4_1 = _quant_dot(20, _unpack_q4_1, _minimum)
 
 
 def _float_dot(load_chunk, bytes_per_chunk):
@@ -300,3 +317,130 @@ def float_to_half(typingctx, value):
     def codegen(context, builder, sig, args):
         return float_to_half_bits(builder, args[0])
     return types.uint16(types.float32), codegen
+
+
+# --- register tiles: R weight rows x T tokens at once (tinyBLAS's idea) -------------------
+#
+# A prompt multiplies every weight row by many tokens. Computing one output at a time
+# re-reads and re-converts each weight block for every token; a tile loads R rows' blocks
+# and T tokens' activations once per step and forms all R*T products from registers.
+
+def _row_pointers(context, builder, aty, arr, first, count):
+    """Byte pointers to rows first..first+count-1 of a 2-D array."""
+    ary = context.make_array(aty)(context, builder, arr)
+    stride = cgutils.unpack_tuple(builder, ary.strides)[0]
+    base = builder.bitcast(ary.data, I8.as_pointer())
+    return [builder.gep(base, [builder.mul(builder.add(first, ir.Constant(first.type, i)), stride)])
+            for i in range(count)]
+
+
+def _store_out(context, builder, aty, out, t, r, value):
+    """out[t, r] = value for a 2-D float32 array."""
+    ary = context.make_array(aty)(context, builder, out)
+    s0, s1 = cgutils.unpack_tuple(builder, ary.strides)
+    base = builder.bitcast(ary.data, I8.as_pointer())
+    p = builder.gep(base, [builder.add(builder.mul(t, s0), builder.mul(r, s1))])
+    builder.store(value, builder.bitcast(p, F32.as_pointer()))
+
+
+def _quant_tile(block_bytes, unpack, correction, R, T):
+    """Intrinsic tile(w, r0, xq, xd, xs, t0, out): out[t0:t0+T, r0:r0+R] for a quantised format.
+
+    w: (rows, row_bytes) uint8; xq: (n, k) int8; xd, xs: (n, k/32) float32; out: (n, rows).
+    """
+    def codegen(context, builder, sig, args):
+        w, r0, xq, xd, xs, t0, out = args
+        w_ty, _, xq_ty, xd_ty, xs_ty, _, out_ty = sig.args
+        nblk = cgutils.unpack_tuple(builder, context.make_array(xd_ty)(context, builder, xd).shape)[1]
+        rows = _row_pointers(context, builder, w_ty, w, r0, R)
+        xq_rows = _row_pointers(context, builder, xq_ty, xq, t0, T)
+        xd_rows = [builder.bitcast(p, F32.as_pointer()) for p in _row_pointers(context, builder, xd_ty, xd, t0, T)]
+        xs_rows = [builder.bitcast(p, F32.as_pointer()) for p in _row_pointers(context, builder, xs_ty, xs, t0, T)]
+        accs = [[cgutils.alloca_once_value(builder, ir.Constant(vec(F32, 8), None)) for _ in range(T)] for _ in range(R)]
+        extras = [[cgutils.alloca_once_value(builder, ir.Constant(F32, 0.0)) for _ in range(T)] for _ in range(R)]
+        with cgutils.for_range(builder, nblk) as loop:
+            b = loop.index
+            blocks = [builder.gep(row, [builder.mul(b, ir.Constant(b.type, block_bytes))]) for row in rows]
+            unpacked = [unpack(builder, blk) for blk in blocks]                       # R x (<32 x i8>, nonneg)
+            d_w = [_load_f16_at(builder, blk, 0) for blk in blocks]
+            x_q = [_load_vec(builder, p, b, 32, vec(I8, 32)) for p in xq_rows]
+            d_x = [builder.load(builder.gep(p, [b])) for p in xd_rows]
+            s_x = [builder.load(builder.gep(p, [b])) for p in xs_rows] if correction else None
+            for r in range(R):
+                quants, nonnegative = unpacked[r]
+                for t in range(T):
+                    isum = _int_dot32(builder, quants, x_q[t], nonnegative)
+                    scale = _splat(builder, builder.fmul(d_w[r], d_x[t]), 8)
+                    acc = _call_intrinsic(builder, "llvm.fmuladd.v8f32", vec(F32, 8),
+                                          [builder.sitofp(isum, vec(F32, 8)), scale, builder.load(accs[r][t])])
+                    builder.store(acc, accs[r][t])
+                    if correction is not None:
+                        extra = builder.fadd(builder.load(extras[r][t]), correction(builder, blocks[r], d_w[r], s_x[t]))
+                        builder.store(extra, extras[r][t])
+        for r in range(R):
+            for t in range(T):
+                total = builder.fadd(_reduce_fadd(builder, builder.load(accs[r][t])), builder.load(extras[r][t]))
+                _store_out(context, builder, out_ty, out, builder.add(t0, ir.Constant(t0.type, t)),
+                           builder.add(r0, ir.Constant(r0.type, r)), total)
+        return context.get_dummy_value()
+
+    def typer(typingctx, w, r0, xq, xd, xs, t0, out):
+        return types.none(w, types.intp, xq, xd, xs, types.intp, out), codegen
+    return intrinsic(typer)
+
+
+def _float_tile(load_chunk, bytes_per_weight, R, T, lanes):
+    """Intrinsic tile(w, r0, x, t0, out): out[t0:t0+T, r0:r0+R] for a float format, k a multiple of lanes."""
+    def codegen(context, builder, sig, args):
+        w, r0, x, t0, out = args
+        w_ty, _, x_ty, _, out_ty = sig.args
+        k = cgutils.unpack_tuple(builder, context.make_array(x_ty)(context, builder, x).shape)[1]
+        rows = _row_pointers(context, builder, w_ty, w, r0, R)
+        x_rows = [builder.bitcast(p, F32.as_pointer()) for p in _row_pointers(context, builder, x_ty, x, t0, T)]
+        accs = [[cgutils.alloca_once_value(builder, ir.Constant(vec(F32, lanes), None)) for _ in range(T)]
+                for _ in range(R)]
+        with cgutils.for_range(builder, builder.udiv(k, ir.Constant(k.type, lanes))) as loop:
+            i = loop.index
+            wv = [load_chunk(builder, builder.gep(row, [builder.mul(i, ir.Constant(i.type, lanes * bytes_per_weight))]),
+                             lanes) for row in rows]
+            xv = [_load_vec(builder, p, i, lanes, vec(F32, lanes)) for p in x_rows]
+            for r in range(R):
+                for t in range(T):
+                    acc = _call_intrinsic(builder, f"llvm.fmuladd.v{lanes}f32", vec(F32, lanes),
+                                          [wv[r], xv[t], builder.load(accs[r][t])])
+                    builder.store(acc, accs[r][t])
+        for r in range(R):
+            for t in range(T):
+                _store_out(context, builder, out_ty, out, builder.add(t0, ir.Constant(t0.type, t)),
+                           builder.add(r0, ir.Constant(r0.type, r)), _reduce_fadd(builder, builder.load(accs[r][t])))
+        return context.get_dummy_value()
+
+    def typer(typingctx, w, r0, x, t0, out):
+        return types.none(w, types.intp, x, types.intp, out), codegen
+    return intrinsic(typer)
+
+
+def _load_f32xn(builder, p, n):
+    return builder.load(builder.bitcast(p, vec(F32, n).as_pointer()), align=1)
+
+
+def _load_f16xn(builder, p, n):
+    return half_bits_to_float(builder, builder.load(builder.bitcast(p, vec(I16, n).as_pointer()), align=1))
+
+
+def _load_bf16xn(builder, p, n):
+    bits = builder.zext(builder.load(builder.bitcast(p, vec(I16, n).as_pointer()), align=1), vec(I32, n))
+    return builder.bitcast(builder.shl(bits, ir.Constant(vec(I32, n), [16] * n)), vec(F32, n))
+
+
+# Tile shapes per level: accumulators must fit the register file (32 zmm/ymm with AVX512, 16 ymm below).
+WIDE = cpu.has("avx512")
+QUANT_TILE = (4, 4) if WIDE else (2, 3)
+FLOAT_TILE, FLOAT_LANES = ((4, 3), 16) if WIDE else ((4, 2), 8)
+
+tile_q8_0 = _quant_tile(34, _unpack_q8_0, None, *QUANT_TILE)
+tile_q4_0 = _quant_tile(18, _unpack_q4_0, _minus_8, *QUANT_TILE)
+tile_q4_1 = _quant_tile(20, _unpack_q4_1, _minimum, *QUANT_TILE)
+tile_f32 = _float_tile(_load_f32xn, 4, *FLOAT_TILE, FLOAT_LANES)
+tile_f16 = _float_tile(_load_f16xn, 2, *FLOAT_TILE, FLOAT_LANES)
+tile_bf16 = _float_tile(_load_bf16xn, 2, *FLOAT_TILE, FLOAT_LANES)
