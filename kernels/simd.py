@@ -366,11 +366,13 @@ def _quant_tile(block_bytes, unpack, correction, R, T):
             x_q = [_load_vec(builder, p, b, 32, vec(I8, 32)) for p in xq_rows]
             d_x = [builder.load(builder.gep(p, [b])) for p in xd_rows]
             s_x = [builder.load(builder.gep(p, [b])) for p in xs_rows] if correction else None
+            dw_lanes = [_splat(builder, d, 8) for d in d_w]                          # broadcast once per row
+            dx_lanes = [_splat(builder, d, 8) for d in d_x]                          # and once per token
             for r in range(R):
                 quants, nonnegative = unpacked[r]
                 for t in range(T):
                     isum = _int_dot32(builder, quants, x_q[t], nonnegative)
-                    scale = _splat(builder, builder.fmul(d_w[r], d_x[t]), 8)
+                    scale = builder.fmul(dw_lanes[r], dx_lanes[t])
                     acc = _call_intrinsic(builder, "llvm.fmuladd.v8f32", vec(F32, 8),
                                           [builder.sitofp(isum, vec(F32, 8)), scale, builder.load(accs[r][t])])
                     builder.store(acc, accs[r][t])
