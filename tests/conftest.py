@@ -31,11 +31,23 @@ def model_path(name: str) -> Path:
 
 
 @lru_cache(maxsize=None)
-def loaded_model(name: str):
+def loaded_model(name: str, backend: str = "numba"):
     import llamafile
-    return llamafile.load(model_path(name))
+    return llamafile.load(model_path(name), backend=backend)
 
 
 @pytest.fixture(scope="session")
 def smollm2():
+    """The default model through the kernels."""
     return loaded_model("smollm2")
+
+
+@pytest.fixture(scope="session")
+def smollm2_reference():
+    """The default model through the numpy reference forward pass."""
+    return loaded_model("smollm2", "numpy")
+
+
+@pytest.fixture(scope="session")
+def smollm2_path() -> Path:
+    return model_path("smollm2")
