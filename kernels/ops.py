@@ -9,8 +9,24 @@ import math
 import numpy as np
 from numba import njit, prange
 
+SERIAL_BELOW = 4  # rows: fewer than this run on the calling thread (a parallel region costs microseconds)
 
-@njit(cache=True, parallel=True, fastmath=True)
+
+def _rowwise(fastmath=False):
+    """Jit a kernel over rows twice, serial and parallel; small inputs (decoding) take the serial one."""
+    def wrap(func):
+        serial = njit(cache=True, fastmath=fastmath)(func)
+        parallel = njit(cache=True, parallel=True, fastmath=fastmath)(func)
+
+        def kernel(x, *args):
+            (serial if x.shape[0] < SERIAL_BELOW else parallel)(x, *args)
+        kernel.__doc__, kernel.__name__ = func.__doc__, func.__name__
+        kernel.serial, kernel.parallel = serial, parallel
+        return kernel
+    return wrap
+
+
+@_rowwise(fastmath=True)
 def rmsnorm(x, weight, eps, out):
     """x: (n, dim) -> out (n, dim) = x / sqrt(mean(x^2) + eps) * weight."""
     n, dim = x.shape
@@ -33,7 +49,7 @@ def rope_tables(positions, rope_dim, base, cos, sin):
             sin[t, i] = math.sin(theta)
 
 
-@njit(cache=True, parallel=True)
+@_rowwise()
 def rope(x, cos, sin, neox):
     """In place. x: (n, heads, head_dim); pairs (2i, 2i+1), or (i, i + rope_dim/2) with neox."""
     n, heads, _ = x.shape
@@ -81,7 +97,7 @@ def attention(q, k, v, start, scores, out):
                     out[t, h, j] += w * v[p, kvh, j]
 
 
-@njit(cache=True, parallel=True)
+@_rowwise()
 def swiglu(gate, up, out):
     """out = silu(gate) * up, all (n, n_ff)."""
     n, m = gate.shape

@@ -50,3 +50,81 @@ def render_chat(template: str | None, messages: list[dict], *, bos_token: str = 
         raise
     except TemplateError as e:
         raise ChatTemplateError(f"chat template: {e}") from None
+
+
+class ChatSession:
+    """A conversation with one model: renders the template, keeps the KV cache across turns.
+
+    Each turn renders the whole conversation; the model re-uses the prefix its cache already
+    holds, so only the new turn is evaluated. When the conversation no longer fits the
+    context, the oldest turns are dropped (the system message stays) and `notice` says so.
+    """
+
+    def __init__(self, model, sampler, *, system: str | None = None, max_reply: int = -1,
+                 notice=lambda message: None):
+        self.model, self.sampler, self.system = model, sampler, system
+        self.max_reply, self.notice = max_reply, notice
+        self.template = model.gguf.get("tokenizer.chat_template")
+        tok = model.tokenizer
+        self.bos = tok.token_text(tok.bos_id) if tok.bos_id is not None else ""
+        self.eos = tok.token_text(tok.eos_id) if tok.eos_id is not None else ""
+        self.messages: list[dict] = []
+        self.reset()
+
+    def reset(self) -> None:
+        self.messages = [{"role": "system", "content": self.system}] if self.system else []
+        if hasattr(self.sampler, "reset"):
+            self.sampler.reset()
+
+    def prompt_ids(self) -> list[int]:
+        prompt = render_chat(self.template, self.messages, bos_token=self.bos, eos_token=self.eos)
+        return self.model.tokenize(prompt, add_special=True, parse_special=True)
+
+    def reply(self, text: str):
+        """Add the user's message and stream the reply as text pieces (whole characters).
+
+        The reply so far joins the conversation even when the caller stops early (close()).
+        """
+        from .generate import generate
+
+        self.messages.append({"role": "user", "content": text})
+        ids = self._fit_context()
+        room = self.model.n_ctx - len(ids)
+        max_tokens = room if self.max_reply < 0 else min(self.max_reply, room)
+        decoder = self.model.tokenizer.decoder()
+        pieces: list[str] = []
+        try:
+            for token in generate(self.model, ids, self.sampler, max_tokens):
+                if self.model.is_eog(token):
+                    break
+                piece = decoder.feed(token)
+                pieces.append(piece)
+                yield piece
+            pieces.append(decoder.flush())
+            yield pieces[-1]
+        finally:
+            self.messages.append({"role": "assistant", "content": "".join(pieces)})
+
+    def _fit_context(self) -> list[int]:
+        """The prompt ids, after dropping the oldest turns until a reply has room."""
+        from .errors import ContextOverflowError
+
+        reserve = min(256, self.model.n_ctx // 4) if self.max_reply < 0 else min(self.max_reply, self.model.n_ctx // 2)
+        dropped = 0
+        while True:
+            ids = self.prompt_ids()
+            if len(ids) + reserve <= self.model.n_ctx:
+                break
+            first = 1 if self.messages and self.messages[0]["role"] == "system" else 0
+            if len(self.messages) - first <= 1:
+                self.messages.pop()
+                raise ContextOverflowError(f"the message is {len(ids)} tokens, too long for the context of "
+                                           f"{self.model.n_ctx} (use a larger -c)")
+            del self.messages[first]
+            dropped += 1
+            while len(self.messages) - first > 1 and self.messages[first]["role"] != "user":
+                del self.messages[first]  # a conversation resumes with a user turn
+                dropped += 1
+        if dropped:
+            self.notice(f"context full: dropped the {dropped} oldest message{'s' if dropped > 1 else ''}")
+        return ids

@@ -1,4 +1,4 @@
-"""Command line, with llama.cpp's flag names:
+"""Command line, with llama.cpp's flag names and defaults:
 
     llamafile -m MODEL -p PROMPT [-n N] [--temp T] ...   complete text, streaming to stdout
     llamafile -m MODEL --chat                            chat in the terminal
@@ -6,11 +6,13 @@
 
 MODEL is a GGUF path or a catalogue name (fetched on first use); the default is
 SmolLM2-135M-Instruct. Errors are one line on stderr: exit 2 for usage, 1 at run time.
+The kernels are imported only after the flags are read, so --cpu can still pick their level.
 """
 from __future__ import annotations
 
 import argparse
-import codecs
+import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -20,41 +22,83 @@ from weights.fetch import FetchError, fetch
 from weights.gguf import GGUFError
 
 from . import __version__
-from .chat import ChatTemplateError, render_chat
-from .generate import generate
-from .model import ContextOverflowError, Model, load
-from .sampling import Sampler
+from .chat import ChatTemplateError
+from .errors import ContextOverflowError
 
 
 class UsageError(Exception):
     """Bad command line: exit status 2."""
 
 
+class Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, not argparse's usage block
+        raise UsageError(f"{message} (see llamafile --help)")
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, not {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="llamafile", description="Run a GGUF language model locally on the CPU.",
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--version", action="version", version=f"llamafile {__version__}")
-    g = p.add_argument_group("model and context")
-    g.add_argument("-m", "--model", default=catalogue.DEFAULT_MODEL,
+    p = Parser(prog="llamafile", description="Run a GGUF language model locally on the CPU.",
+               epilog="llamafile fetch NAME downloads a catalogue model: "
+                      + ", ".join(e.catalogue for e in catalogue.entries() if e.catalogue))
+    p.add_argument("--version", action="store_true", help="show version, CPU level and exit")
+
+    g = p.add_argument_group("common")
+    g.add_argument("-m", "--model", default=catalogue.DEFAULT_MODEL, metavar="FNAME",
                    help=f"GGUF file or catalogue name (default: {catalogue.DEFAULT_MODEL})")
-    g.add_argument("-c", "--ctx-size", type=int, default=4096, metavar="N", help="context size in tokens (default: 4096)")
+    g.add_argument("-t", "--threads", type=positive_int, metavar="N",
+                   help="threads (default: LLAMAFILE_THREADS, NUMBA_NUM_THREADS or the physical cores)")
+    g.add_argument("-c", "--ctx-size", type=int, default=4096, metavar="N",
+                   help="context size in tokens, 0 = from the model (default: 4096)")
+    g.add_argument("--cpu", metavar="LEVEL", help="force a lower CPU level: generic, avx2, avx512, "
+                   "avx512vnni (x86) or generic, dotprod (ARM); also LLAMAFILE_CPU")
     g.add_argument("--verbose", action="store_true", help="print more about what happens")
-    g = p.add_argument_group("prompt")
+
+    g = p.add_argument_group("completion")
     g.add_argument("-p", "--prompt", help="prompt to complete")
-    g.add_argument("-f", "--file", help="read the prompt from a file")
-    g.add_argument("-e", "--escape", action="store_true", help="process escapes (\\n, \\t, ...) in the prompt")
-    g.add_argument("--no-display-prompt", action="store_true", help="do not echo the prompt")
-    g.add_argument("--chat", action="store_true", help="chat in the terminal")
-    g.add_argument("-sys", "--system", help="system message for the chat")
-    g = p.add_argument_group("generation")
-    g.add_argument("-n", "--n-predict", type=int, default=-1, metavar="N", help="tokens to generate (-1: until the end)")
-    g.add_argument("-s", "--seed", type=int, default=-1, help="random seed (-1: random)")
-    g.add_argument("--temp", type=float, default=0.8, help="temperature; 0 is greedy (default: 0.8)")
+    g.add_argument("-f", "--file", metavar="FNAME", help="a file containing the prompt")
+    g.add_argument("-n", "--n-predict", type=int, default=-1, metavar="N",
+                   help="tokens to predict (default: -1, until the end or a full context)")
+    g.add_argument("-e", "--escape", action="store_true", help="process escapes (\\n, \\r, \\t, \\', \\\", \\\\)")
+    g.add_argument("--no-display-prompt", action="store_true", help="don't print the prompt")
+    g.add_argument("-r", "--reverse-prompt", action="append", default=[], metavar="TEXT",
+                   help="stop when this text is generated (may repeat)")
     g.add_argument("--ignore-eos", action="store_true", help="keep generating past end-of-generation tokens")
+
+    g = p.add_argument_group("sampling")
+    g.add_argument("-s", "--seed", type=int, default=-1, help="RNG seed (default: -1, random)")
+    g.add_argument("--temp", type=float, default=0.8, help="temperature, 0 = greedy (default: 0.8)")
+    g.add_argument("--top-k", type=int, default=40, metavar="N", help="top-k sampling, 0 = off (default: 40)")
+    g.add_argument("--top-p", type=float, default=0.95, metavar="P", help="top-p sampling, 1.0 = off (default: 0.95)")
+    g.add_argument("--min-p", type=float, default=0.05, metavar="P", help="min-p sampling, 0.0 = off (default: 0.05)")
+    g.add_argument("--repeat-penalty", type=float, default=1.0, metavar="N",
+                   help="penalise repeated tokens, 1.0 = off (default: 1.0)")
+    g.add_argument("--repeat-last-n", type=int, default=64, metavar="N",
+                   help="last n tokens to penalise, 0 = off, -1 = context (default: 64)")
+    g.add_argument("--presence-penalty", type=float, default=0.0, metavar="N", help="presence penalty (default: 0.0)")
+    g.add_argument("--frequency-penalty", type=float, default=0.0, metavar="N", help="frequency penalty (default: 0.0)")
+
+    g = p.add_argument_group("chat")
+    g.add_argument("--chat", "-cnv", "--conversation", dest="chat", action="store_true",
+                   help="chat in the terminal (the default when no prompt is given and stdin is a terminal)")
+    g.add_argument("-sys", "--system-prompt", "--system", dest="system", metavar="TEXT", help="system prompt for the chat")
     return p
 
 
-def resolve_model(name: str, verbose: bool = False) -> Path:
+def version_text() -> str:
+    import numba
+
+    from kernels import cpu
+    return (f"llamafile {__version__} (python {sys.version.split()[0]}, numba {numba.__version__}, "
+            f"cpu {cpu.LEVEL} of {cpu.detect()}, {cpu.default_threads()} threads)")
+
+
+def resolve_model(name: str) -> Path:
     """A path that exists, else a catalogue name fetched into the cache."""
     path = Path(name).expanduser()
     if path.exists():
@@ -63,114 +107,162 @@ def resolve_model(name: str, verbose: bool = False) -> Path:
         catalogue.lookup(name)
     except catalogue.UnknownModel:
         raise UsageError(f"model '{name}' is neither a file nor a catalogue name "
-                         f"({', '.join(e.catalogue for e in catalogue.entries())})") from None
+                         f"({', '.join(e.catalogue for e in catalogue.entries() if e.catalogue)})") from None
     return fetch(name, progress=True)
+
+
+_ESCAPES = {"n": "\n", "r": "\r", "t": "\t", "'": "'", '"': '"', "\\": "\\", "a": "\a", "b": "\b",
+            "f": "\f", "v": "\v", "0": "\0", "?": "?"}
+
+
+def process_escapes(text: str) -> str:
+    """llama.cpp's -e: \\n, \\t, ... and \\xHH; anything else stays as written."""
+    def one(m: re.Match) -> str:
+        s = m.group(1)
+        if s[0] == "x":
+            return chr(int(s[1:], 16)) if len(s) == 3 else m.group(0)
+        return _ESCAPES.get(s, m.group(0))
+    return re.sub(r"\\(x[0-9a-fA-F]{2}|.)", one, text, flags=re.S)
 
 
 def read_prompt(args) -> str | None:
     if args.file is not None:
         try:
-            return Path(args.file).read_text(encoding="utf-8")
-        except OSError as e:
-            raise UsageError(f"cannot read prompt file: {e}") from None
-    if args.prompt is not None and args.escape:
-        return codecs.decode(args.prompt.encode("latin-1", "backslashreplace"), "unicode_escape")
-    return args.prompt
+            prompt = Path(args.file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise UsageError(f"cannot read prompt file {args.file}: {getattr(e, 'strerror', None) or e}") from None
+    else:
+        prompt = args.prompt
+    if prompt is not None and args.escape:
+        prompt = process_escapes(prompt)
+    return prompt
 
 
-def stream(model: Model, ids, sampler, max_tokens: int, out, keep_cache: bool = False, ignore_eos: bool = False) -> int:
-    """Write generated text as it comes (whole UTF-8 characters only); returns the tokens made."""
-    decoder = model.tokenizer.decoder()
-    n = 0
-    for token in generate(model, ids, sampler, max_tokens, keep_cache=keep_cache):
-        n += 1
-        if model.is_eog(token) and not ignore_eos:
-            break
-        out.write(decoder.feed(token))
-        out.flush()
-    out.write(decoder.flush())
-    out.flush()
-    return n
+def sampler_from(args):
+    from .sampling import Sampler, SamplingParams
+    return Sampler(SamplingParams(
+        temperature=args.temp, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
+        repeat_penalty=args.repeat_penalty, repeat_last_n=args.repeat_last_n,
+        presence_penalty=args.presence_penalty, frequency_penalty=args.frequency_penalty,
+        seed=None if args.seed < 0 else args.seed))
 
 
-def complete(model: Model, args, prompt: str) -> None:
+def banner(model, threads: int) -> str:
+    from kernels import cpu
+    c = model.config
+    return (f"llamafile {__version__}: {c.name} ({c.arch}, {model.n_params / 1e6:.0f}M parameters, "
+            f"{model.weight_format}), context {model.n_ctx}, {threads} thread{'s' * (threads != 1)}, cpu {cpu.LEVEL}")
+
+
+class Timer:
+    """Prompt and generation timings, printed the way llama.cpp prints them."""
+
+    def __init__(self):
+        self.start = time.perf_counter()
+        self.first = None
+        self.n_prompt = self.n_gen = 0
+
+    def token(self):
+        if self.first is None:
+            self.first = time.perf_counter()
+        self.n_gen += 1
+
+    def report(self) -> str:
+        end = time.perf_counter()
+        first = self.first or end
+        lines = []
+        for label, ms, n, unit in (("prompt eval time", (first - self.start) * 1e3, self.n_prompt, "tokens"),
+                                   ("eval time", (end - first) * 1e3, max(self.n_gen - 1, 0), "runs")):
+            per = ms / n if n else 0.0
+            rate = 1e3 * n / ms if ms > 0 else 0.0
+            lines.append(f"llamafile: {label:>16} = {ms:10.2f} ms / {n:5d} {unit:6} "
+                         f"({per:8.2f} ms per token, {rate:8.2f} tokens per second)")
+        return "\n".join(lines)
+
+
+def complete(model, args, prompt: str) -> None:
+    from .generate import generate
+
     ids = model.tokenize(prompt, add_special=True, parse_special=True)
     if not ids:
         raise UsageError("the prompt is empty")
     if len(ids) >= model.n_ctx:
-        raise ContextOverflowError(f"prompt is {len(ids)} tokens, too long for the context of {model.n_ctx} (use a larger -c)")
+        raise ContextOverflowError(f"the prompt is {len(ids)} tokens, too long for the context of "
+                                   f"{model.n_ctx} (use a larger -c)")
+    out = sys.stdout
     if not args.no_display_prompt:
-        sys.stdout.write(prompt)
-    max_tokens = model.n_ctx - len(ids) if args.n_predict < 0 else min(args.n_predict, model.n_ctx - len(ids))
-    t0 = time.perf_counter()
-    n = stream(model, ids, sampler_from(args), max_tokens, sys.stdout, ignore_eos=args.ignore_eos)
-    elapsed = time.perf_counter() - t0
-    sys.stdout.write("\n")
-    print(f"\nllamafile: {len(ids)} prompt + {n} generated tokens in {elapsed:.2f} s "
-          f"({(len(ids) + n) / max(elapsed, 1e-9):.1f} tok/s)", file=sys.stderr)
+        out.write(prompt)
+        out.flush()
+    room = model.n_ctx - len(ids)
+    max_tokens = room if args.n_predict < 0 else min(args.n_predict, room)
+    timer = Timer()
+    timer.n_prompt = len(ids)
+    decoder, text = model.tokenizer.decoder(), ""
+    for token in generate(model, ids, sampler_from(args), max_tokens, stop_at_eog=not args.ignore_eos):
+        timer.token()
+        if model.is_eog(token) and not args.ignore_eos:
+            break
+        piece = decoder.feed(token)
+        out.write(piece)
+        out.flush()
+        text += piece
+        if any(r in text[-len(r) - len(piece):] for r in args.reverse_prompt if r):
+            break
+    out.write(decoder.flush() + "\n")
+    out.flush()
+    print(timer.report(), file=sys.stderr)
 
 
-def chat(model: Model, args) -> None:
-    """A plain terminal chat: one line per turn, Ctrl-D or /exit to leave."""
-    template = model.gguf.get("tokenizer.chat_template")
-    tok = model.tokenizer
-    messages = [{"role": "system", "content": args.system}] if args.system else []
-    sampler = sampler_from(args)
-    print(f"chatting with {model.config.name}; /exit or Ctrl-D to leave", file=sys.stderr)
-    while True:
-        try:
-            line = input("> ")
-        except EOFError:
-            print(file=sys.stderr)
-            return
-        if line.strip() == "/exit":
-            return
-        messages.append({"role": "user", "content": line})
-        prompt = render_chat(template, messages, bos_token=tok.token_text(tok.bos_id) if tok.bos_id is not None else "",
-                             eos_token=tok.token_text(tok.eos_id) if tok.eos_id is not None else "")
-        ids = model.tokenize(prompt, add_special=True, parse_special=True)
-        reply = []
+def load_model(args):
+    from kernels import cpu
 
-        class Collect:
-            def write(self, s):
-                reply.append(s)
-                sys.stdout.write(s)
-
-            def flush(self):
-                sys.stdout.flush()
-
-        stream(model, ids, sampler, model.n_ctx - len(ids), Collect())
-        print()
-        messages.append({"role": "assistant", "content": "".join(reply)})
-
-
-def sampler_from(args) -> Sampler:
-    return Sampler(temperature=args.temp, seed=None if args.seed < 0 else args.seed)
-
-
-def fetch_main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="llamafile fetch", description="Download a catalogue model into the cache.")
-    p.add_argument("name", nargs="?", default=catalogue.DEFAULT_MODEL,
-                   help=f"catalogue name: {', '.join(e.catalogue for e in catalogue.entries())}")
-    args = p.parse_args(argv)
-    print(fetch(args.name, progress=True))
-    return 0
+    from .model import load
+    threads = cpu.set_threads(args.threads)
+    model = load(resolve_model(args.model), n_ctx=args.ctx_size or None)
+    return model, threads
 
 
 def run(argv: list[str]) -> int:
     if argv[:1] == ["fetch"]:
         return fetch_main(argv[1:])
     args = build_parser().parse_args(argv)
-    if args.ctx_size <= 0:
-        raise UsageError(f"--ctx-size must be positive, not {args.ctx_size}")
+    if args.ctx_size < 0:
+        raise UsageError(f"--ctx-size must be 0 or positive, not {args.ctx_size}")
+    if args.cpu:
+        os.environ["LLAMAFILE_CPU"] = args.cpu
+    configure_cpu()
+    if args.version:
+        print(version_text())
+        return 0
     prompt = read_prompt(args)
-    model = load(resolve_model(args.model, args.verbose), n_ctx=args.ctx_size)
-    if args.verbose:
-        print(f"llamafile: {model.config}", file=sys.stderr)
-    if prompt is None or args.chat:
-        chat(model, args)
+    model, threads = load_model(args)
+    chat_mode = args.chat or (prompt is None and sys.stdin.isatty())
+    if chat_mode or args.verbose:
+        print(banner(model, threads), file=sys.stderr)
+    if chat_mode:
+        from .repl import chat
+        chat(model, sampler_from(args), system=args.system, max_reply=args.n_predict)
+    elif prompt is None:
+        raise UsageError("no prompt: give -p TEXT or -f FILE, or --chat")
     else:
         complete(model, args, prompt)
+    return 0
+
+
+def configure_cpu() -> None:
+    from kernels.cpu import CPULevelError
+    try:
+        import kernels  # noqa: F401  (fixes the level before numba compiles anything)
+    except CPULevelError as e:
+        raise UsageError(str(e)) from None
+
+
+def fetch_main(argv: list[str]) -> int:
+    p = Parser(prog="llamafile fetch", description="Download a catalogue model into the cache.")
+    p.add_argument("name", nargs="?", default=catalogue.DEFAULT_MODEL,
+                   help=f"catalogue name: {', '.join(e.catalogue for e in catalogue.entries() if e.catalogue)}")
+    args = p.parse_args(argv)
+    print(fetch(args.name, progress=True))
     return 0
 
 

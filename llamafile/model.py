@@ -10,6 +10,7 @@ from weights.gguf import GGUFError, GGUFFile
 
 from .backend import BACKENDS
 from .config import ModelConfig
+from .errors import ContextOverflowError
 from .generate import generate
 from .models import ARCHITECTURES
 from .models.llama import KVCache, RunState
@@ -20,8 +21,6 @@ DEFAULT_N_CTX = 4096
 N_BATCH = 512  # tokens evaluated together; longer prompts go in batches of this size
 
 
-class ContextOverflowError(ValueError):
-    """More tokens than the context holds."""
 
 
 class Model:
@@ -41,8 +40,22 @@ class Model:
         self.net = arch(gguf, self.config, self.backend)
         self.n_ctx = min(n_ctx or DEFAULT_N_CTX, self.config.n_ctx_train)
         self.cache = KVCache.allocate(self.config, self.n_ctx)
+        self.tokens: list[int] = []  # the ids whose keys and values the cache holds
         self.state = RunState(self.config, n_batch=min(N_BATCH, self.n_ctx))
         self.backend.allocate(self.state.n_batch, self.config.n_head, self.n_ctx, self.config.rope_dim)
+
+    @property
+    def n_params(self) -> int:
+        return sum(int(np.prod(t.shape)) for t in self.gguf.tensors.values())
+
+    @property
+    def weight_format(self) -> str:
+        """The file's type as llama.cpp names it (general.file_type), e.g. 'Q4_1'."""
+        from gguf import LlamaFileType
+        try:
+            return LlamaFileType(int(self.gguf.get("general.file_type"))).name.removeprefix("MOSTLY_").replace("ALL_", "")
+        except (TypeError, ValueError):
+            return "unknown"
 
     # --- text <-> ids -------------------------------------------------------------
     def tokenize(self, text: str, add_special: bool = True, parse_special: bool = False) -> list[int]:
@@ -60,14 +73,39 @@ class Model:
         return self.cache.n_past
 
     def reset(self) -> None:
-        self.cache.n_past = 0
+        self.truncate(0)
+
+    def truncate(self, n: int) -> None:
+        """Keep the first n tokens of the context (their keys and values stay valid)."""
+        self.cache.n_past = n
+        del self.tokens[n:]
 
     def eval(self, ids: Sequence[int], all_logits: bool = False) -> np.ndarray:
         """Append ids to the context; logits of all of them (n, n_vocab), or of the last one
         (n_vocab,): a view into the run state that the next eval overwrites."""
         tokens = self._check_ids(ids)
-        logits = self.net.forward(tokens, self.cache, self.state, all_logits=all_logits)
+        n_before = self.n_past
+        try:
+            logits = self.net.forward(tokens, self.cache, self.state, all_logits=all_logits)
+        except BaseException:  # e.g. Ctrl-C mid-batch: the context stays as it was
+            self.truncate(n_before)
+            raise
+        self.tokens.extend(int(t) for t in tokens)
         return logits if all_logits else logits[-1]
+
+    def eval_prompt(self, ids: Sequence[int]) -> np.ndarray:
+        """Logits after ids (n_vocab,), reusing the longest prefix of ids the context already holds.
+
+        A chat's next turn, or a server request sharing a system prompt, evaluates only what is new.
+        """
+        ids = [int(t) for t in ids]
+        common = 0
+        for a, b in zip(self.tokens, ids[:-1]):  # keep at least one token to evaluate
+            if a != b:
+                break
+            common += 1
+        self.truncate(common)
+        return self.eval(ids[common:])
 
     def logits(self, ids: Sequence[int]) -> np.ndarray:
         """float32 (len(ids), n_vocab): one evaluation from an empty cache."""

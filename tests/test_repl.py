@@ -1,0 +1,50 @@
+"""The terminal chat driven through a pseudo-terminal, keystroke by keystroke."""
+from __future__ import annotations
+
+import sys
+
+import pexpect
+
+from conftest import model_path
+
+PROMPT = "> "
+
+
+def test_chat_repl_session():
+    child = pexpect.spawn(sys.executable, ["-m", "llamafile", "-m", str(model_path("smollm2")), "--temp", "0",
+                                           "-n", "400", "--ignore-eos"],
+                          encoding="utf-8", timeout=120, dimensions=(40, 200))
+    try:
+        child.expect("SmolLM|Smollm2")          # the banner names the model
+        child.expect_exact(PROMPT)
+        child.sendline("What is the capital of France?")
+        child.expect("Paris")                    # the reply streams in
+        child.expect_exact(PROMPT)               # and ends
+
+        child.sendline("Write a very long story about a dragon.")
+        child.expect(r"\w+ \w+ \w+")             # some of the reply has arrived...
+        child.sendintr()                         # ...Ctrl-C stops it without leaving
+        child.expect_exact("[stopped]")
+        child.expect_exact(PROMPT)
+
+        child.sendline("/reset")
+        child.expect_exact("conversation cleared")
+        child.expect_exact(PROMPT)
+        child.sendline("Say hello.")
+        child.expect(r"\w+")
+        child.expect_exact(PROMPT)
+
+        child.sendline("/exit")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close()
+    assert child.exitstatus == 0, child.before
+
+
+def test_chat_reads_piped_lines(tmp_path):
+    import subprocess
+    r = subprocess.run([sys.executable, "-m", "llamafile", "-m", str(model_path("smollm2")), "--chat", "--temp", "0",
+                        "-n", "16"], input="What is the capital of France?\n/exit\n", capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "Paris" in r.stdout
