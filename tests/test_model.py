@@ -1,0 +1,75 @@
+"""The numpy reference forward pass on the real SmolLM2 Q4_1 file against llama.cpp, and the model API."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import read_jsonl
+from refcheck import compare, greedy_prefix_ok, summarise
+
+
+@pytest.fixture(scope="module")
+def smollm2_logits(smollm2_reference):
+    """Reference-path logits for every text of the logits reference (same texts and ids in every variant's file)."""
+    return {rec["text"]: smollm2_reference.logits(rec["ids"]) for rec in read_jsonl("logits_smollm2-f32.jsonl")}
+
+
+def test_reference_texts_tokenize_to_reference_ids(smollm2):
+    for rec in read_jsonl("logits_smollm2.jsonl"):
+        assert smollm2.tokenize(rec["text"])[:128] == rec["ids"]
+
+
+def test_logits_shape_and_dtype(smollm2):
+    rec = read_jsonl("logits_smollm2.jsonl")[0]
+    logits = smollm2.logits(rec["ids"])
+    assert logits.dtype == np.float32 and logits.shape == (len(rec["ids"]), smollm2.config.n_vocab)
+    assert np.isfinite(logits).all()
+
+
+def test_exact_arithmetic_against_llamacpp_f32(smollm2_logits):
+    """Q4_1 weights dequantised, f32 math, against llama.cpp on the same weights stored as f32."""
+    results = [compare(smollm2_logits[r["text"]], r, margin=0.1) for r in read_jsonl("logits_smollm2-f32.jsonl")]
+    kl, top1, nll_err = summarise(results)
+    assert kl <= 1e-3, f"mean KL20 {kl:.2e}"
+    assert top1 >= 0.995, f"top-1 agreement {top1:.2%}"
+    assert nll_err <= 0.005, f"nll off by {nll_err:.2%}"
+
+
+def test_same_file_as_llamacpp(smollm2_logits):
+    """Against llama.cpp on the same Q4_1 file (which rounds activations to 8 bits)."""
+    results = [compare(smollm2_logits[r["text"]], r, margin=0.5) for r in read_jsonl("logits_smollm2.jsonl")]
+    kl, top1, nll_err = summarise(results)
+    assert kl <= 0.01, f"mean KL20 {kl:.2e}"
+    assert top1 >= 0.99, f"top-1 agreement {top1:.2%}"
+    assert nll_err <= 0.05, f"nll off by {nll_err:.2%}"
+
+
+@pytest.mark.parametrize("record", read_jsonl("gen_smollm2-f32.jsonl"), ids=lambda r: r["prompt"][:30])
+def test_greedy_matches_llamacpp_f32(smollm2_reference, record):
+    cut = next((k for k, m in enumerate(record["margins"]) if m < 0.05), len(record["ids"]))
+    ours = list(smollm2_reference.generate(record["prompt_ids"], max_tokens=cut, temperature=0.0))
+    ok, cut = greedy_prefix_ok(ours, record, tau=0.05)
+    assert ok, f"first {cut} ids differ: ours {ours[:cut]} vs llama.cpp {record['ids'][:cut]}"
+
+
+def test_prompt_then_decode_equals_one_batch(smollm2):
+    """Decoding token by token through the KV cache gives the logits of one batched evaluation."""
+    ids = read_jsonl("gen_smollm2-f32.jsonl")[0]["prompt_ids"]
+    batch = smollm2.logits(ids)
+    smollm2.reset()
+    smollm2.eval(ids[:5])
+    steps = [smollm2.eval([t]).copy() for t in ids[5:]]  # eval returns a view it reuses
+    np.testing.assert_allclose(np.stack(steps), batch[5:], atol=2e-3, rtol=0)
+
+
+def test_context_overflow_is_a_clear_error(smollm2):
+    import llamafile
+    with pytest.raises(llamafile.ContextOverflowError, match="context"):
+        smollm2.logits([1] * (smollm2.n_ctx + 1))
+
+
+def test_sampling_is_seeded(smollm2):
+    ids = smollm2.tokenize("Once upon a time")
+    a = list(smollm2.generate(ids, max_tokens=8, temperature=0.8, seed=7))
+    b = list(smollm2.generate(ids, max_tokens=8, temperature=0.8, seed=7))
+    assert a == b and len(a) == 8
