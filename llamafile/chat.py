@@ -94,7 +94,7 @@ class ChatSession:
         decoder = self.model.tokenizer.decoder()
         pieces: list[str] = []
         try:
-            for token in generate(self.model, ids, self.sampler, max_tokens):
+            for token in generate(self.model, ids, self.sampler, max_tokens, reuse_prefix=True):
                 if self.model.is_eog(token):
                     break
                 piece = decoder.feed(token)

@@ -1,7 +1,29 @@
-"""Turning logits into the next token id."""
+"""Turning logits into the next token id, the way llama.cpp's default sampler chain does.
+
+    penalties (repeat, presence, frequency) -> top-k -> top-p -> min-p -> temperature -> draw
+
+Temperature 0 (or less) is greedy: the most likely id after the penalties.
+"""
 from __future__ import annotations
 
+from collections import deque
+from dataclasses import dataclass, field
+
 import numpy as np
+
+
+@dataclass
+class SamplingParams:
+    temperature: float = 0.8
+    top_k: int = 40             # <= 0: all tokens
+    top_p: float = 0.95         # 1.0: off
+    min_p: float = 0.05         # 0.0: off; relative to the most likely token
+    repeat_penalty: float = 1.0  # 1.0: off
+    repeat_last_n: int = 64     # how many recent ids the penalties look at (prompt included)
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    seed: int | None = None     # None: a fresh seed each run
+    logit_bias: dict[int, float] = field(default_factory=dict)
 
 
 def greedy(logits: np.ndarray) -> int:
@@ -9,21 +31,74 @@ def greedy(logits: np.ndarray) -> int:
     return int(np.argmax(logits))
 
 
-def sample_temperature(logits: np.ndarray, temperature: float, rng: np.random.Generator) -> int:
-    """Draw from softmax(logits / temperature)."""
-    z = logits.astype(np.float64) / temperature
-    p = np.exp(z - z.max())
-    return int(rng.choice(len(p), p=p / p.sum()))
+def apply_penalties(logits: np.ndarray, recent: list[int], p: SamplingParams) -> np.ndarray:
+    """llama.cpp's penalties on a copy of logits: a seen token's logit is divided by repeat_penalty
+    (multiplied when negative), then count * frequency + presence is subtracted."""
+    ids, counts = np.unique(np.asarray(recent, dtype=np.int64), return_counts=True)
+    out = logits.astype(np.float32, copy=True)
+    x = out[ids]
+    x = np.where(x <= 0, x * p.repeat_penalty, x / p.repeat_penalty)
+    out[ids] = x - counts * p.frequency_penalty - p.presence_penalty
+    return out
+
+
+def truncate(logits: np.ndarray, p: SamplingParams) -> tuple[np.ndarray, np.ndarray]:
+    """The candidates top-k, top-p and min-p leave: (ids, logits), most likely first."""
+    n = len(logits)
+    k = n if p.top_k <= 0 else min(p.top_k, n)
+    ids = np.argpartition(-logits, k - 1)[:k] if k < n else np.arange(n)
+    ids = ids[np.lexsort((ids, -logits[ids]))]  # by logit, then by id
+    vals = logits[ids].astype(np.float64)
+    if p.top_p < 1.0:
+        probs = np.exp(vals - vals[0])
+        cum = np.cumsum(probs / probs.sum())
+        keep = int(np.searchsorted(cum, p.top_p)) + 1  # smallest prefix reaching top_p
+        ids, vals = ids[:keep], vals[:keep]
+    if p.min_p > 0.0:
+        keep = vals >= vals[0] + np.log(p.min_p)
+        ids, vals = ids[keep], vals[keep]
+    return ids, vals
 
 
 class Sampler:
-    """temperature 0 = greedy; otherwise a seeded draw (the same seed gives the same ids)."""
+    """Sampler(SamplingParams(...)), or Sampler(temperature, seed) with llama.cpp's other defaults.
 
-    def __init__(self, temperature: float = 0.0, seed: int | None = None):
-        self.temperature = temperature
-        self.rng = np.random.default_rng(seed)
+    accept(id) records the ids the penalties look at (the prompt's and the generated ones).
+    """
+
+    def __init__(self, params: SamplingParams | float | None = None, seed: int | None = None, *,
+                 temperature: float | None = None):
+        if not isinstance(params, SamplingParams):
+            t = temperature if temperature is not None else (0.0 if params is None else float(params))
+            params = SamplingParams(temperature=t, seed=seed)
+        self.params = params
+        self.rng = np.random.default_rng(params.seed)
+        self.recent: deque[int] = deque(maxlen=max(params.repeat_last_n, 0))
+
+    @property
+    def penalised(self) -> bool:
+        p = self.params
+        return bool(self.recent) and (p.repeat_penalty != 1.0 or p.presence_penalty != 0.0
+                                      or p.frequency_penalty != 0.0)
+
+    def reset(self) -> None:
+        self.recent.clear()
+
+    def accept(self, token: int) -> None:
+        if self.recent.maxlen:
+            self.recent.append(int(token))
 
     def __call__(self, logits: np.ndarray) -> int:
-        if self.temperature <= 0:
+        p = self.params
+        if self.penalised:
+            logits = apply_penalties(logits, list(self.recent), p)
+        if p.logit_bias:
+            logits = logits.astype(np.float32, copy=True)
+            for token, bias in p.logit_bias.items():
+                logits[token] += bias
+        if p.temperature <= 0:
             return greedy(logits)
-        return sample_temperature(logits, self.temperature, self.rng)
+        ids, vals = truncate(logits, p)
+        z = vals / p.temperature
+        probs = np.exp(z - z[0])
+        return int(ids[self.rng.choice(len(ids), p=probs / probs.sum())])
