@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import read_jsonl
+from conftest import loaded_model, read_jsonl
 from refcheck import compare, greedy_prefix_ok, summarise
 
 
@@ -52,13 +52,20 @@ def test_greedy_matches_llamacpp_f32(smollm2_reference, record):
     assert ok, f"first {cut} ids differ: ours {ours[:cut]} vs llama.cpp {record['ids'][:cut]}"
 
 
-def test_prompt_then_decode_equals_one_batch(smollm2):
-    """Decoding token by token through the KV cache gives the logits of one batched evaluation."""
+@pytest.mark.parametrize("name,backend", [("smollm2", "numpy"), ("smollm2-f16", "numba")])
+def test_prompt_then_decode_equals_one_batch(name, backend):
+    """Decoding token by token through the KV cache gives the logits of one batched evaluation.
+
+    Only where the arithmetic is float throughout: with 8-bit activations (quantised files on
+    the kernels, as in llama.cpp) a last-bit difference between the tiled and the one-row
+    matmul can flip a rounding, and logits then move by quantisation noise (KL ~1e-2).
+    """
+    model = loaded_model(name, backend)
     ids = read_jsonl("gen_smollm2-f32.jsonl")[0]["prompt_ids"]
-    batch = smollm2.logits(ids)
-    smollm2.reset()
-    smollm2.eval(ids[:5])
-    steps = [smollm2.eval([t]).copy() for t in ids[5:]]  # eval returns a view it reuses
+    batch = model.logits(ids)
+    model.reset()
+    model.eval(ids[:5])
+    steps = [model.eval([t]).copy() for t in ids[5:]]  # eval returns a view it reuses
     np.testing.assert_allclose(np.stack(steps), batch[5:], atol=2e-3, rtol=0)
 
 
