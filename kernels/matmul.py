@@ -48,7 +48,7 @@ def quantize_q8(x, xq, xd, xs):
             xs[t, b] = _round_to_f16(d * np.float32(total))
 
 
-def _quant_matmul(dot, tile, R, T):
+def _quant_matmul(fmt, R, T):
     @njit(cache=True, parallel=True)
     def matmul(w, xq, xd, xs, out):
         rows, n, nblk = w.shape[0], xq.shape[0], xd.shape[1]
@@ -56,25 +56,25 @@ def _quant_matmul(dot, tile, R, T):
             for tile_r in prange((rows + ROWS_PER_TILE - 1) // ROWS_PER_TILE):
                 for r in range(tile_r * ROWS_PER_TILE, min(rows, (tile_r + 1) * ROWS_PER_TILE)):
                     for t in range(n):
-                        out[t, r] = dot(w[r], xq[t], xd[t], xs[t], nblk)
+                        out[t, r] = _quant_dot(fmt, w[r], xq[t], xd[t], xs[t], nblk)
             return
         full_t = n - n % T
         for strip in prange((rows + R - 1) // R):  # a strip of R rows against every token
             r0 = strip * R
             if r0 + R <= rows:
                 for t0 in range(0, full_t, T):
-                    tile(w, r0, xq, xd, xs, t0, out)
+                    _quant_tile(fmt, w, r0, xq, xd, xs, t0, out)
                 for t in range(full_t, n):
                     for r in range(r0, r0 + R):
-                        out[t, r] = dot(w[r], xq[t], xd[t], xs[t], nblk)
+                        out[t, r] = _quant_dot(fmt, w[r], xq[t], xd[t], xs[t], nblk)
             else:
                 for r in range(r0, rows):
                     for t in range(n):
-                        out[t, r] = dot(w[r], xq[t], xd[t], xs[t], nblk)
+                        out[t, r] = _quant_dot(fmt, w[r], xq[t], xd[t], xs[t], nblk)
     return matmul
 
 
-def _float_matmul(dot, tile, R, T):
+def _float_matmul(fmt, R, T):
     @njit(cache=True, parallel=True)
     def matmul(w, x, out):
         rows, n, chunks = w.shape[0], x.shape[0], x.shape[1] // 32
@@ -82,91 +82,75 @@ def _float_matmul(dot, tile, R, T):
             for tile_r in prange((rows + ROWS_PER_TILE - 1) // ROWS_PER_TILE):
                 for r in range(tile_r * ROWS_PER_TILE, min(rows, (tile_r + 1) * ROWS_PER_TILE)):
                     for t in range(n):
-                        out[t, r] = dot(w[r], x[t], chunks)
+                        out[t, r] = _float_dot(fmt, w[r], x[t], chunks)
             return
         full_t = n - n % T
         for strip in prange((rows + R - 1) // R):
             r0 = strip * R
             if r0 + R <= rows:
                 for t0 in range(0, full_t, T):
-                    tile(w, r0, x, t0, out)
+                    _float_tile(fmt, w, r0, x, t0, out)
                 for t in range(full_t, n):
                     for r in range(r0, r0 + R):
-                        out[t, r] = dot(w[r], x[t], chunks)
+                        out[t, r] = _float_dot(fmt, w[r], x[t], chunks)
             else:
                 for r in range(r0, rows):
                     for t in range(n):
-                        out[t, r] = dot(w[r], x[t], chunks)
+                        out[t, r] = _float_dot(fmt, w[r], x[t], chunks)
     return matmul
 
 
-# The row dots and tiles as jitted functions (intrinsics themselves cannot be captured by a cached closure).
-@njit(cache=True, inline="always")
-def _dot_q8_0(w, xq, xd, xs, nblk):
-    return simd.dot_q8_0(w, xq, xd, xs, nblk)
+# Each format's row dot and tile, chosen by a small integer code. The drivers above close over
+# that code (not over the functions): Numba's cache keys a closure by its captured values, and
+# an int hashes the same in every process, so every format's kernel loads from the cache.
+Q8_0, Q4_0, Q4_1 = 0, 1, 2
+F32, F16, BF16 = 0, 1, 2
 
 
 @njit(cache=True, inline="always")
-def _tile_q8_0(w, r0, xq, xd, xs, t0, out):
-    simd.tile_q8_0(w, r0, xq, xd, xs, t0, out)
-
-
-@njit(cache=True, inline="always")
-def _dot_q4_0(w, xq, xd, xs, nblk):
-    return simd.dot_q4_0(w, xq, xd, xs, nblk)
-
-
-@njit(cache=True, inline="always")
-def _tile_q4_0(w, r0, xq, xd, xs, t0, out):
-    simd.tile_q4_0(w, r0, xq, xd, xs, t0, out)
-
-
-@njit(cache=True, inline="always")
-def _dot_q4_1(w, xq, xd, xs, nblk):
+def _quant_dot(fmt, w, xq, xd, xs, nblk):
+    if fmt == Q8_0:
+        return simd.dot_q8_0(w, xq, xd, xs, nblk)
+    if fmt == Q4_0:
+        return simd.dot_q4_0(w, xq, xd, xs, nblk)
     return simd.dot_q4_1(w, xq, xd, xs, nblk)
 
 
 @njit(cache=True, inline="always")
-def _tile_q4_1(w, r0, xq, xd, xs, t0, out):
-    simd.tile_q4_1(w, r0, xq, xd, xs, t0, out)
+def _quant_tile(fmt, w, r0, xq, xd, xs, t0, out):
+    if fmt == Q8_0:
+        simd.tile_q8_0(w, r0, xq, xd, xs, t0, out)
+    elif fmt == Q4_0:
+        simd.tile_q4_0(w, r0, xq, xd, xs, t0, out)
+    else:
+        simd.tile_q4_1(w, r0, xq, xd, xs, t0, out)
 
 
 @njit(cache=True, inline="always")
-def _dot_f32(w, x, chunks):
-    return simd.dot_f32(w, x, chunks)
-
-
-@njit(cache=True, inline="always")
-def _tile_f32(w, r0, x, t0, out):
-    simd.tile_f32(w, r0, x, t0, out)
-
-
-@njit(cache=True, inline="always")
-def _dot_f16(w, x, chunks):
-    return simd.dot_f16(w, x, chunks)
-
-
-@njit(cache=True, inline="always")
-def _tile_f16(w, r0, x, t0, out):
-    simd.tile_f16(w, r0, x, t0, out)
-
-
-@njit(cache=True, inline="always")
-def _dot_bf16(w, x, chunks):
+def _float_dot(fmt, w, x, chunks):
+    if fmt == F32:
+        return simd.dot_f32(w, x, chunks)
+    if fmt == F16:
+        return simd.dot_f16(w, x, chunks)
     return simd.dot_bf16(w, x, chunks)
 
 
 @njit(cache=True, inline="always")
-def _tile_bf16(w, r0, x, t0, out):
-    simd.tile_bf16(w, r0, x, t0, out)
+def _float_tile(fmt, w, r0, x, t0, out):
+    if fmt == F32:
+        simd.tile_f32(w, r0, x, t0, out)
+    elif fmt == F16:
+        simd.tile_f16(w, r0, x, t0, out)
+    else:
+        simd.tile_bf16(w, r0, x, t0, out)
 
 
-QUANT_MATMUL = {T.Q8_0: _quant_matmul(_dot_q8_0, _tile_q8_0, *simd.QUANT_TILE),
-                T.Q4_0: _quant_matmul(_dot_q4_0, _tile_q4_0, *simd.QUANT_TILE),
-                T.Q4_1: _quant_matmul(_dot_q4_1, _tile_q4_1, *simd.QUANT_TILE)}
-FLOAT_MATMUL = {T.F32: _float_matmul(_dot_f32, _tile_f32, *simd.FLOAT_TILE),
-                T.F16: _float_matmul(_dot_f16, _tile_f16, *simd.FLOAT_TILE),
-                T.BF16: _float_matmul(_dot_bf16, _tile_bf16, *simd.FLOAT_TILE)}
+QUANT_MATMUL = {T.Q8_0: _quant_matmul(Q8_0, *simd.QUANT_TILE),
+                T.Q4_0: _quant_matmul(Q4_0, *simd.QUANT_TILE),
+                T.Q4_1: _quant_matmul(Q4_1, *simd.QUANT_TILE)}
+FLOAT_MATMUL = {T.F32: _float_matmul(F32, *simd.FLOAT_TILE),
+                T.F16: _float_matmul(F16, *simd.FLOAT_TILE),
+                T.BF16: _float_matmul(BF16, *simd.FLOAT_TILE)}
 SUPPORTED = frozenset(QUANT_MATMUL) | frozenset(FLOAT_MATMUL)
 
 
