@@ -241,6 +241,7 @@ def run(argv: list[str]) -> int:
         print(banner(model, threads), file=sys.stderr)
     if chat_mode:
         from .repl import chat
+        model.warmup()  # Ctrl-C must never land in the middle of a first compile
         chat(model, sampler_from(args), system=args.system, max_reply=args.n_predict)
     elif prompt is None:
         raise UsageError("no prompt: give -p TEXT or -f FILE, or --chat")
@@ -250,10 +251,9 @@ def run(argv: list[str]) -> int:
 
 
 def configure_cpu() -> None:
-    from kernels.cpu import CPULevelError
     try:
         import kernels  # noqa: F401  (fixes the level before numba compiles anything)
-    except CPULevelError as e:
+    except ValueError as e:  # kernels.cpu.CPULevelError, raised while the package imports
         raise UsageError(str(e)) from None
 
 

@@ -107,6 +107,15 @@ class Model:
         self.truncate(common)
         return self.eval(ids[common:])
 
+    def warmup(self) -> None:
+        """Evaluate a few tokens and forget them, so the kernels are compiled or loaded from
+        Numba's cache before anyone waits on them (llama.cpp does the same at load)."""
+        token = self.tokenizer.bos_id or 0
+        self.eval([token] * min(8, self.n_ctx))
+        self.reset()
+        self.eval([token])
+        self.reset()
+
     def logits(self, ids: Sequence[int]) -> np.ndarray:
         """float32 (len(ids), n_vocab): one evaluation from an empty cache."""
         self.reset()
