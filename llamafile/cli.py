@@ -2,6 +2,9 @@
 
     llamafile -m MODEL -p PROMPT [-n N] [--temp T] ...   complete text, streaming to stdout
     llamafile -m MODEL --chat                            chat in the terminal
+    llamafile -m MODEL --server                          OpenAI-compatible server and web chat
+    llamafile                                            what a double-click does: the server and
+                                                         a browser, plus the terminal chat on a tty
     llamafile fetch NAME                                 download a catalogue model into the cache
 
 MODEL is a GGUF path or a catalogue name (fetched on first use); the default is
@@ -83,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--presence-penalty", type=float, default=0.0, metavar="N", help="presence penalty (default: 0.0)")
     g.add_argument("--frequency-penalty", type=float, default=0.0, metavar="N", help="frequency penalty (default: 0.0)")
 
+    from . import server
+    server.add_arguments(p)
     g = p.add_argument_group("chat")
     g.add_argument("--chat", "-cnv", "--conversation", dest="chat", action="store_true",
                    help="chat in the terminal (the default when no prompt is given and stdin is a terminal)")
@@ -235,19 +240,48 @@ def run(argv: list[str]) -> int:
         print(version_text())
         return 0
     prompt = read_prompt(args)
+    if args.server or (prompt is None and not args.chat and not sys.stdin.isatty()):
+        return run_server(args)
+    if prompt is None and not args.chat:
+        return chat_with_server(args)
     model, threads = load_model(args)
-    chat_mode = args.chat or (prompt is None and sys.stdin.isatty())
-    if chat_mode or args.verbose:
+    if prompt is None:
+        return chat_in_terminal(model, threads, args)
+    if args.verbose:
         print(banner(model, threads), file=sys.stderr)
-    if chat_mode:
-        from .repl import chat
-        model.warmup()  # Ctrl-C must never land in the middle of a first compile
-        chat(model, sampler_from(args), system=args.system, max_reply=args.n_predict)
-    elif prompt is None:
-        raise UsageError("no prompt: give -p TEXT or -f FILE, or --chat")
-    else:
-        complete(model, args, prompt)
+    complete(model, args, prompt)
     return 0
+
+
+def chat_in_terminal(model, threads: int, args) -> int:
+    from .repl import chat
+    print(banner(model, threads), file=sys.stderr)
+    model.warmup()  # Ctrl-C must never land in the middle of a first compile
+    chat(model, sampler_from(args), system=args.system, max_reply=args.n_predict)
+    return 0
+
+
+def run_server(args) -> int:
+    """--server, or no prompt and no terminal (a double-click): the server in the foreground."""
+    from kernels import cpu
+
+    from . import server
+    cpu.set_threads(args.threads)
+    return server.serve(args, resolve_model(args.model))
+
+
+def chat_with_server(args) -> int:
+    """No prompt on a terminal, like llamafile: the server (and browser) in the background, the
+    terminal chat in the foreground; leaving the chat stops both."""
+    from . import server
+    path = resolve_model(args.model)
+    url, stop = server.start_in_thread(args, path)
+    print(f"llamafile: web chat at {url} (the terminal chat below works too)", file=sys.stderr)
+    try:
+        model, threads = load_model(args)
+        return chat_in_terminal(model, threads, args)
+    finally:
+        stop()
 
 
 def configure_cpu() -> None:

@@ -19,7 +19,7 @@ class SamplingParams:
     top_p: float = 0.95         # 1.0: off
     min_p: float = 0.05         # 0.0: off; relative to the most likely token
     repeat_penalty: float = 1.0  # 1.0: off
-    repeat_last_n: int = 64     # how many recent ids the penalties look at (prompt included)
+    repeat_last_n: int = 64     # recent ids the penalties look at (prompt included); -1: all
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     seed: int | None = None     # None: a fresh seed each run
@@ -73,7 +73,7 @@ class Sampler:
             params = SamplingParams(temperature=t, seed=seed)
         self.params = params
         self.rng = np.random.default_rng(params.seed)
-        self.recent: deque[int] = deque(maxlen=max(params.repeat_last_n, 0))
+        self.recent: deque[int] = deque(maxlen=None if params.repeat_last_n < 0 else params.repeat_last_n)
 
     @property
     def penalised(self) -> bool:
@@ -85,7 +85,7 @@ class Sampler:
         self.recent.clear()
 
     def accept(self, token: int) -> None:
-        if self.recent.maxlen:
+        if self.recent.maxlen != 0:
             self.recent.append(int(token))
 
     def __call__(self, logits: np.ndarray) -> int:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import subprocess
+import time
 import sys
 
 import pytest
@@ -102,6 +103,22 @@ def test_prompt_longer_than_context():
     assert "too long for the context" in r.stderr and "Traceback" not in r.stderr
 
 
-def test_no_prompt_without_terminal():
-    r = run("-m", str(model_path("smollm2")))
-    assert r.returncode == 2 and "no prompt" in r.stderr
+def test_no_prompt_without_terminal_serves(tmp_path):
+    """What a double-click does without a terminal: the server comes up and says where."""
+    import json
+    import re
+    import urllib.request
+    err = open(tmp_path / "stderr", "w+")
+    proc = subprocess.Popen([sys.executable, "-m", "llamafile", "-m", str(model_path("smollm2")), "--port", "0",
+                             "--nobrowser", "-c", "256"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=err, text=True)
+    try:
+        deadline = time.time() + 90
+        while not (m := re.search(r"listening on (http://\S+)", (tmp_path / "stderr").read_text())):
+            assert proc.poll() is None and time.time() < deadline, (tmp_path / "stderr").read_text()
+            time.sleep(0.2)
+        with urllib.request.urlopen(m.group(1) + "/health", timeout=10) as r:
+            assert json.load(r)["status"] == "ok"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
