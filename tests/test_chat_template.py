@@ -60,3 +60,20 @@ def test_smollm2_greedy_chat_reply(smollm2, record):
     expected = smollm2.detokenize(record["ids"][:cut])
     assert reply.startswith(expected), (reply, expected)
     assert session.messages[-1] == {"role": "assistant", "content": reply}
+
+
+def _margin_cut(record, tau=0.5) -> int:
+    return next((k for k, m in enumerate(record["margins"]) if m < tau), len(record["ids"]))
+
+
+# (a conversation whose first reply token is a near tie has nothing to compare, and is left out)
+@pytest.mark.parametrize("record", [r for r in read_jsonl("chat_qwen05.jsonl") if _margin_cut(r) > 0],
+                         ids=lambda r: r["messages"][-1]["content"][:30])
+def test_qwen05_greedy_chat_reply(record):
+    """Qwen2.5-Coder (qwen2 architecture, biases, K-quants on the numpy path): llama.cpp's
+    greedy reply up to the first step whose margin is below 0.5 (only that far: it is slow)."""
+    from conftest import loaded_model
+    qwen = loaded_model("qwen05")
+    cut = _margin_cut(record)
+    ours = list(qwen.generate(record["prompt_ids"], max_tokens=cut, temperature=0.0))
+    assert ours == record["ids"][:cut]
