@@ -49,3 +49,36 @@ def test_chat_reads_piped_lines(tmp_path):
                        text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert "def reverse_string" in r.stdout
+
+
+def test_bare_llamafile_on_a_terminal_serves_and_chats():
+    """What a double-click does in a terminal, like llamafile: the web server in the background
+    (the browser would open; --nobrowser here) and the terminal chat in the foreground."""
+    import json
+    import time
+    import urllib.request
+
+    child = pexpect.spawn(sys.executable, ["-m", "llamafile", "-m", str(model_path("smollm2")), "--temp", "0",
+                                           "--nobrowser", "--port", "0", "-n", "30"],
+                          encoding="utf-8", timeout=120, dimensions=(40, 200))
+    try:
+        child.expect(r"web chat at (http://\S+)")
+        url = child.match.group(1)
+        child.expect(PROMPT)
+        deadline = time.time() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(url + "/health", timeout=5) as r:
+                    assert json.load(r)["status"] == "ok"
+                    break
+            except OSError:  # 503 while the server's copy of the model loads
+                assert time.time() < deadline
+                time.sleep(0.5)
+        child.sendline("Write a Python function that reverses a string.")
+        child.expect("def reverse_string")
+        child.expect(PROMPT)
+        child.sendline("/exit")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close()
+    assert child.exitstatus == 0
