@@ -16,6 +16,7 @@ from gguf import GGMLQuantizationType as T
 from numba import njit, prange
 
 from . import simd
+from .ops import renamed
 
 ROWS_PER_TILE = 16  # rows one thread takes at a time: the tile's weights stay in L1 across tokens
 DECODE_ROWS = simd.DECODE_ROWS
@@ -48,6 +49,10 @@ def quantize_q8(x, xq, xd, xs):
                 total += q
             xd[t, b] = _round_to_f16(d)
             xs[t, b] = _round_to_f16(d * np.float32(total))
+
+
+# The same, on the calling thread: one token's activations (a parallel region costs more).
+quantize_q8_serial = njit(cache=True)(renamed(quantize_q8.py_func, "_serial"))
 
 
 def _quant_matmul(fmt, R, T):
@@ -183,6 +188,8 @@ QUANT_MATMUL = {T.Q8_0: _quant_matmul(Q8_0, *simd.QUANT_TILE),
 FLOAT_MATMUL = {T.F32: _float_matmul(F32, *simd.FLOAT_TILE),
                 T.F16: _float_matmul(F16, *simd.FLOAT_TILE),
                 T.BF16: _float_matmul(BF16, *simd.FLOAT_TILE)}
+matmul_q8_0, matmul_q4_0, matmul_q4_1 = (QUANT_MATMUL[t] for t in (T.Q8_0, T.Q4_0, T.Q4_1))
+matmul_f32, matmul_f16, matmul_bf16 = (FLOAT_MATMUL[t] for t in (T.F32, T.F16, T.BF16))
 SUPPORTED = frozenset(QUANT_MATMUL) | frozenset(FLOAT_MATMUL)
 
 

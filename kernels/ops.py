@@ -5,6 +5,7 @@ Each has its definition in kernels/reference.py; tests/test_kernels.py holds the
 from __future__ import annotations
 
 import math
+import types
 
 import numpy as np
 from numba import njit, prange
@@ -12,10 +13,20 @@ from numba import njit, prange
 SERIAL_BELOW = 4  # rows: fewer than this run on the calling thread (a parallel region costs microseconds)
 
 
+def renamed(func, suffix: str):
+    """A copy of func under another qualified name. Numba's cache files are named after the
+    function, and a serial and a parallel build of one function would overwrite each other."""
+    twin = types.FunctionType(func.__code__, func.__globals__, func.__name__ + suffix,
+                              func.__defaults__, func.__closure__)
+    twin.__qualname__ = func.__qualname__ + suffix
+    twin.__doc__ = func.__doc__
+    return twin
+
+
 def _rowwise(fastmath=False):
     """Jit a kernel over rows twice, serial and parallel; small inputs (decoding) take the serial one."""
     def wrap(func):
-        serial = njit(cache=True, fastmath=fastmath)(func)
+        serial = njit(cache=True, fastmath=fastmath)(renamed(func, "_serial"))
         parallel = njit(cache=True, parallel=True, fastmath=fastmath)(func)
 
         def kernel(x, *args):

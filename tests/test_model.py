@@ -80,3 +80,20 @@ def test_sampling_is_seeded(smollm2):
     a = list(smollm2.generate(ids, max_tokens=8, temperature=0.8, seed=7))
     b = list(smollm2.generate(ids, max_tokens=8, temperature=0.8, seed=7))
     assert a == b and len(a) == 8
+
+
+@pytest.mark.parametrize("name", ["smollm2", "smollm2-q4_0", "smollm2-bf16"])
+def test_fused_decode_is_the_step_by_step_path(name):
+    """The one-call decode step (llamafile.models.fused) runs the same kernels in the same order."""
+    model = loaded_model(name)
+    ids = read_jsonl("gen_smollm2-f32.jsonl")[1]["prompt_ids"]
+
+    def decode(fused):
+        model.net.fuse_decode = fused
+        model.reset()
+        model.eval(ids[:3])
+        return np.stack([model.eval([t]).copy() for t in ids[3:]])
+    try:
+        np.testing.assert_array_equal(decode(True), decode(False))
+    finally:
+        model.net.fuse_decode = True

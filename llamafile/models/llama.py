@@ -80,8 +80,11 @@ class Llama:
     arch = "llama"
     rope_neox = False  # llama's GGUF layout rotates adjacent pairs
 
+    fuse_decode = True  # decode through llamafile.models.fused where possible
+
     def __init__(self, gguf: GGUFFile, config: ModelConfig, backend):
         self.config, self.backend = config, backend
+        self._gguf = gguf
         c = config
         q_dim, kv_dim = c.n_head * c.head_dim, c.n_head_kv * c.head_dim
         weights = _TensorLoader(gguf)
@@ -122,10 +125,21 @@ class Llama:
                                          out[first : first + len(chunk)] if all_logits else state.logits)
         return logits
 
+    def _decoder(self):
+        """The one-call decode step (llamafile.models.fused) where the backend and weights allow."""
+        if not hasattr(self, "_fused"):
+            self._fused = None
+            if getattr(self.backend, "name", "") == "numba":
+                from .fused import FusedDecoder
+                self._fused = FusedDecoder.build(self, self._gguf)
+        return self._fused
+
     def _forward_batch(self, tokens: np.ndarray, cache: KVCache, s: RunState, logits_for: str | None,
                        out: np.ndarray) -> np.ndarray | None:
         c, ops = self.config, self.backend
         n, start = len(tokens), cache.n_past
+        if n == 1 and self.fuse_decode and self._decoder() is not None:
+            return self._decode_fused(tokens, cache, s, logits_for, out)
         x, h, q, k, v = s.x[:n], s.h[:n], s.q[:n], s.k[:n], s.v[:n]                    # (n, ...)
         att, proj, gate, up, ffn = s.att[:n], s.proj[:n], s.gate[:n], s.up[:n], s.ffn[:n]
         angles = ops.rope_angles(np.arange(start, start + n), c.rope_dim, c.rope_base)
@@ -154,6 +168,20 @@ class Llama:
             return None
         rows = x if logits_for == "all" else x[-1:]                                     # (n or 1, n_embd)
         return ops.matmul(self.output, ops.rmsnorm(rows, self.output_norm, c.norm_eps, h[: len(rows)]), out)
+
+
+    def _decode_fused(self, tokens, cache: KVCache, s: RunState, logits_for, out):
+        c, ops, start = self.config, self.backend, cache.n_past
+        x = s.x[:1]
+        ops.embed(self.token_embd, tokens, x)
+        cos, sin = ops.rope_angles(np.arange(start, start + 1), c.rope_dim, c.rope_base)
+        buffers = (s.h[:1], s.q[:1], s.k[:1], s.v[:1], s.att[:1], s.proj[:1], s.gate[:1], s.up[:1], s.ffn[:1],
+                   ops._scores)
+        self._fused(x, cache, start, cos, sin, self.rope_neox, c.norm_eps, buffers)
+        cache.n_past = start + 1
+        if logits_for is None:
+            return None
+        return ops.matmul(self.output, ops.rmsnorm(x, self.output_norm, c.norm_eps, s.h[:1]), out)
 
 
 def _add_bias(y: np.ndarray, bias: np.ndarray | None) -> None:

@@ -1,0 +1,129 @@
+"""Decoding one token through every llama block in a single Numba call.
+
+Decoding is one token at a time, and going through Python for each step of each block
+(norm, quantise, seven matmuls, rope, attention, swiglu: ~20 calls per block) costs more than
+the arithmetic for a small model. Here the block loop runs inside one jitted function that
+calls the same kernels the batch path uses, in the same order on the same inputs, so its
+logits are bit for bit those of the step-by-step path (tests/test_model.py checks).
+
+The weights stay where they are: the function gets the file's whole mapped byte array and,
+per block and matrix, the offset, shape and GGML type of the weight's bytes in it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from gguf import GGMLQuantizationType as T
+from numba import njit
+
+from kernels.matmul import (SUPPORTED, matmul_bf16, matmul_f16, matmul_f32, matmul_q4_0, matmul_q4_1,
+                            matmul_q8_0, quantize_q8_serial)
+from kernels.ops import attention, rmsnorm, rope, swiglu
+
+rmsnorm_serial, rope_serial, swiglu_serial = rmsnorm.serial, rope.serial, swiglu.serial
+
+MATRICES = ("wq", "wk", "wv", "wo", "gate", "up", "down")  # the order of the per-block tables
+_Q8_0, _Q4_0, _Q4_1, _F32, _F16 = int(T.Q8_0), int(T.Q4_0), int(T.Q4_1), int(T.F32), int(T.F16)
+
+
+@njit(cache=True)
+def _matvec(fmt, data, offset, rows, row_bytes, x, xq, xd, xs, out):
+    """out (1, rows) = W x for the weight at data[offset:], of GGML type fmt."""
+    w = data[offset : offset + rows * row_bytes].reshape(rows, row_bytes)   # (rows, row_bytes)
+    if fmt == _Q8_0:
+        matmul_q8_0(w, xq, xd, xs, out)
+    elif fmt == _Q4_0:
+        matmul_q4_0(w, xq, xd, xs, out)
+    elif fmt == _Q4_1:
+        matmul_q4_1(w, xq, xd, xs, out)
+    elif fmt == _F32:
+        matmul_f32(w, x, out)
+    elif fmt == _F16:
+        matmul_f16(w, x, out)
+    else:
+        matmul_bf16(w, x, out)
+
+
+@njit(cache=True)
+def _project(l, j, plan, data, x, xq, xd, xs, out):
+    offsets, rows, row_bytes, fmts = plan
+    _matvec(fmts[l, j], data, offsets[l, j], rows[l, j], row_bytes[l, j], x, xq, xd, xs, out)
+
+
+@njit(cache=True)
+def decode_blocks(x, data, plan, attn_norm, ffn_norm, bias, has_bias, cache_k, cache_v, pos, cos, sin, neox,
+                  eps, buffers, q8):
+    """Run one token (x: (1, n_embd), updated in place) through every block at position pos.
+
+    plan: (offsets, rows, row_bytes, types), each (n_layer, 7) in MATRICES order;
+    bias: (bq, bk, bv) each (n_layer, dim); cache_k, cache_v: (n_layer, n_ctx, n_head_kv, head_dim).
+    """
+    h, q, k, v, att, proj, gate, up, ffn, scores = buffers
+    (eq, ed, es), (aq, ad, as_), (fq, fd, fs) = q8     # 8-bit activations of width n_embd, q_dim, n_ff
+    q2, k2, v2 = q.reshape(1, -1), k.reshape(1, -1), v.reshape(1, -1)          # (1, heads * head_dim)
+    att3 = att.reshape(q.shape)                                                # (1, n_head, head_dim)
+    for l in range(attn_norm.shape[0]):
+        rmsnorm_serial(x, attn_norm[l], eps, h)
+        quantize_q8_serial(h, eq, ed, es)
+        _project(l, 0, plan, data, h, eq, ed, es, q2)
+        _project(l, 1, plan, data, h, eq, ed, es, k2)
+        _project(l, 2, plan, data, h, eq, ed, es, v2)
+        if has_bias:
+            q2[0] += bias[0][l]
+            k2[0] += bias[1][l]
+            v2[0] += bias[2][l]
+        rope_serial(q, cos, sin, neox)
+        rope_serial(k, cos, sin, neox)
+        cache_k[l, pos] = k[0]
+        cache_v[l, pos] = v[0]
+        attention(q, cache_k[l, : pos + 1], cache_v[l, : pos + 1], pos, scores, att3)
+        quantize_q8_serial(att, aq, ad, as_)
+        _project(l, 3, plan, data, att, aq, ad, as_, proj)
+        x += proj
+        rmsnorm_serial(x, ffn_norm[l], eps, h)
+        quantize_q8_serial(h, eq, ed, es)
+        _project(l, 4, plan, data, h, eq, ed, es, gate)
+        _project(l, 5, plan, data, h, eq, ed, es, up)
+        swiglu_serial(gate, up, ffn)
+        quantize_q8_serial(ffn, fq, fd, fs)
+        _project(l, 6, plan, data, ffn, fq, fd, fs, proj)
+        x += proj
+
+
+@dataclass
+class FusedDecoder:
+    """What decode_blocks needs from a model, gathered once: tables, stacked norms, scratch."""
+    data: np.ndarray
+    plan: tuple
+    attn_norm: np.ndarray   # (n_layer, n_embd)
+    ffn_norm: np.ndarray    # (n_layer, n_embd)
+    bias: tuple             # (bq, bk, bv), each (n_layer, dim); zeros when the file has none
+    has_bias: bool
+    q8: tuple
+
+    @classmethod
+    def build(cls, net, gguf) -> "FusedDecoder | None":
+        """None when some block matrix has no kernel (e.g. K-quants): those models decode step by step."""
+        blocks = net.blocks
+        if any(getattr(b, m).type not in SUPPORTED or getattr(b, m).n_per_row % 32 for b in blocks for m in MATRICES):
+            return None
+        data = np.asarray(gguf.map).view(np.ndarray)                           # the whole file, uint8
+        table = np.array([[(gguf.data_offset + getattr(b, m).offset, getattr(b, m).shape[0],
+                            getattr(b, m).data.shape[1], int(getattr(b, m).type)) for m in MATRICES]
+                          for b in blocks], dtype=np.int64)                    # (n_layer, 7, 4)
+        plan = tuple(np.ascontiguousarray(table[:, :, i]) for i in range(4))
+        has_bias = any(b.bq is not None for b in blocks)
+        bias = tuple(np.stack([getattr(b, name) if getattr(b, name) is not None
+                               else np.zeros(getattr(b, w).shape[0], np.float32) for b in blocks]).astype(np.float32)
+                     for name, w in (("bq", "wq"), ("bk", "wk"), ("bv", "wv")))
+        c = net.config
+        q_dim = c.n_head * c.head_dim
+        q8 = tuple((np.empty((1, width), np.int8), np.empty((1, width // 32), np.float32),
+                    np.empty((1, width // 32), np.float32)) for width in (c.n_embd, q_dim, c.n_ff))
+        return cls(data, plan, np.stack([b.attn_norm for b in blocks]).astype(np.float32),
+                   np.stack([b.ffn_norm for b in blocks]).astype(np.float32), bias, has_bias, q8)
+
+    def __call__(self, x, cache, pos, cos, sin, neox, eps, buffers):
+        decode_blocks(x, self.data, self.plan, self.attn_norm, self.ffn_norm, self.bias, self.has_bias,
+                      cache.k, cache.v, pos, cos, sin, neox, np.float32(eps), buffers, self.q8)
