@@ -7,7 +7,6 @@ keeps two processes from doing the same work at the same time.
 """
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import os
 import subprocess
@@ -18,6 +17,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from . import catalogue
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; two processes fetching at once is rare there
+    fcntl = None
 
 CHUNK = 1 << 20
 
@@ -61,6 +65,9 @@ def _say(progress: bool, message: str) -> None:
 @contextmanager
 def _locked(path: Path, progress: bool):
     """Hold an exclusive flock on `path` (created if missing) for the duration of the block."""
+    if fcntl is None:
+        yield
+        return
     with open(path, "a") as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
