@@ -300,8 +300,22 @@ def fetch_main(argv: list[str]) -> int:
     return 0
 
 
+def embedded_defaults(argv: list[str]) -> list[str]:
+    """In the one-file executable (packaging/build.py): its built-in default arguments (llamafile's
+    .args: the user's arguments go in place of `...`, else after them) and its built-in model as
+    the default -m (a later -m still wins). Anywhere else, argv unchanged."""
+    from weights import embedded
+    if not embedded.frozen() or argv[:1] == ["fetch"]:
+        return argv
+    defaults = embedded.embedded_args()
+    if defaults is not None:
+        argv = embedded.merge_args(defaults, argv)
+    model = embedded.embedded_model()
+    return ["-m", model[0], *argv] if model is not None else argv
+
+
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    argv = embedded_defaults(sys.argv[1:] if argv is None else argv)
     try:
         return run(argv)
     except UsageError as e:

@@ -143,6 +143,9 @@ class GGUFFile:
 
     def __init__(self, path: str | os.PathLike, offset: int = 0, size: int | None = None):
         self.path = Path(path)
+        if offset == 0 and size is None:  # an executable that carries a GGUF (packaging/build.py): its region
+            from .embedded import gguf_region
+            offset, size = gguf_region(self.path) or (0, None)
         self.offset = offset
         self.map = self._map(offset, size)
         r = _Reader(self.map, self._fail)
