@@ -86,10 +86,17 @@ def default_sampling(args) -> SamplingParams:
         seed=None if seed is None or seed < 0 else seed)
 
 
+def model_file_name(path: str | os.PathLike) -> str:
+    """The model's file name; for an executable that carries one, the name it was built with."""
+    from weights.embedded import read_trailer
+    trailer = read_trailer(path)
+    return trailer.name if trailer is not None and trailer.name else Path(path).name
+
+
 def model_id(path: str | os.PathLike) -> str:
     """The name /v1/models reports: the catalogue name, else the file name without .gguf."""
     from weights import catalogue
-    name = Path(path).name
+    name = model_file_name(path)
     try:
         return catalogue.lookup(name).catalogue or Path(name).stem
     except catalogue.UnknownModel:
@@ -99,8 +106,8 @@ def model_id(path: str | os.PathLike) -> str:
 def model_aliases(path: str | os.PathLike) -> set[str]:
     """Every name a request's "model" may give for this model (lower case)."""
     from weights import catalogue
-    p = Path(path)
-    names = {model_id(p), p.name, p.stem}
+    p = Path(model_file_name(path))
+    names = {model_id(path), p.name, p.stem, Path(path).name}
     try:
         e = catalogue.lookup(p.name)
         names |= {e.name, e.file, e.catalogue or e.name}
