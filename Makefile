@@ -32,8 +32,8 @@ exe:
 ARM64_EXE_PACKAGES := $(ARM64_PACKAGES) jinja2 tqdm prompt_toolkit fastapi uvicorn pyinstaller
 exe-arm64:
 	$(ARM64)/setup.sh $(ARM64_EXE_PACKAGES)
-	python3 -c "from weights.fetch import fetch; fetch('$(EXE_MODEL)')"
 	cp -f $$(python3 -c "from weights.fetch import fetch; print(fetch('$(EXE_MODEL)'))") dist-arm64-model.gguf
-	QEMU_CPU=cortex-a76 $(ARM64)/run.sh python packaging/build.py --model dist-arm64-model.gguf --out dist-arm64
+	QEMU_CPU=cortex-a76 $(ARM64)/run.sh python packaging/build.py --model dist-arm64-model.gguf --out dist-arm64 --xz-level 1
+	rm -f dist-arm64-model.gguf
 	QEMU_CPU=cortex-a72 $(ARM64)/run.sh dist-arm64/llamafile-linux-aarch64 -p "The capital of France is" -n 16 --temp 0
 	QEMU_CPU=cortex-a76 $(ARM64)/run.sh dist-arm64/llamafile-linux-aarch64 -p "The capital of France is" -n 16 --temp 0

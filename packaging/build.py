@@ -38,10 +38,6 @@ REPO = HERE.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(HERE))
 
-if sys.platform == "win32" and "fcntl" not in sys.modules:  # as in entry.py: weights/fetch.py wants fcntl
-    import types
-    sys.modules["fcntl"] = types.SimpleNamespace(LOCK_EX=2, LOCK_NB=4, LOCK_UN=8, flock=lambda f, op: None)
-
 import llamafile_runtime  # noqa: E402  (packaging/llamafile_runtime.py)
 from weights import embedded  # noqa: E402
 
@@ -385,10 +381,13 @@ class build_lock:
     """One build at a time per cache (the test and the bench may both build)."""
 
     def __enter__(self):
-        import fcntl  # a no-op stand-in on Windows (see the top of this file)
         path = cache_root() / "build" / ".lock"
         path.parent.mkdir(parents=True, exist_ok=True)
         self.f = open(path, "a")
+        try:
+            import fcntl
+        except ImportError:  # Windows: unlocked
+            return self
         fcntl.flock(self.f, fcntl.LOCK_EX)
         return self
 
