@@ -19,8 +19,6 @@ from . import simd
 from .ops import renamed
 
 ROWS_PER_TILE = 16  # rows one thread takes at a time: the tile's weights stay in L1 across tokens
-DECODE_ROWS = simd.DECODE_ROWS
-FLOAT_LANES = simd.FLOAT_LANES
 
 
 @njit(cache=True, inline="always")
@@ -59,14 +57,9 @@ def _quant_matmul(fmt, R, T):
     @njit(cache=True, parallel=True)
     def matmul(w, xq, xd, xs, out):
         rows, n, nblk = w.shape[0], xq.shape[0], xd.shape[1]
-        if n < T:  # decoding: DECODE_ROWS rows at a time, a row dot for what is left
+        if n < T:  # decoding: one row dot per output
             for tile_r in prange((rows + ROWS_PER_TILE - 1) // ROWS_PER_TILE):
-                r, end = tile_r * ROWS_PER_TILE, min(rows, (tile_r + 1) * ROWS_PER_TILE)
-                while r + DECODE_ROWS <= end:
-                    for t in range(n):
-                        _quant_rows(fmt, w, r, xq, xd, xs, t, out)
-                    r += DECODE_ROWS
-                for r in range(r, end):
+                for r in range(tile_r * ROWS_PER_TILE, min(rows, (tile_r + 1) * ROWS_PER_TILE)):
                     for t in range(n):
                         out[t, r] = _quant_dot(fmt, w[r], xq[t], xd[t], xs[t], nblk)
             return
@@ -92,12 +85,7 @@ def _float_matmul(fmt, R, T):
         rows, n, chunks = w.shape[0], x.shape[0], x.shape[1] // 32
         if n < T:
             for tile_r in prange((rows + ROWS_PER_TILE - 1) // ROWS_PER_TILE):
-                r, end = tile_r * ROWS_PER_TILE, min(rows, (tile_r + 1) * ROWS_PER_TILE)
-                while r + DECODE_ROWS <= end and x.shape[1] % FLOAT_LANES == 0:
-                    for t in range(n):
-                        _float_rows(fmt, w, r, x, t, out)
-                    r += DECODE_ROWS
-                for r in range(r, end):
+                for r in range(tile_r * ROWS_PER_TILE, min(rows, (tile_r + 1) * ROWS_PER_TILE)):
                     for t in range(n):
                         out[t, r] = _float_dot(fmt, w[r], x[t], chunks)
             return
@@ -141,26 +129,6 @@ def _quant_tile(fmt, w, r0, xq, xd, xs, t0, out):
         simd.tile_q4_0(w, r0, xq, xd, xs, t0, out)
     else:
         simd.tile_q4_1(w, r0, xq, xd, xs, t0, out)
-
-
-@njit(cache=True, inline="always")
-def _quant_rows(fmt, w, r0, xq, xd, xs, t, out):
-    if fmt == Q8_0:
-        simd.rows_q8_0(w, r0, xq, xd, xs, t, out)
-    elif fmt == Q4_0:
-        simd.rows_q4_0(w, r0, xq, xd, xs, t, out)
-    else:
-        simd.rows_q4_1(w, r0, xq, xd, xs, t, out)
-
-
-@njit(cache=True, inline="always")
-def _float_rows(fmt, w, r0, x, t, out):
-    if fmt == F32:
-        simd.rows_f32(w, r0, x, t, out)
-    elif fmt == F16:
-        simd.rows_f16(w, r0, x, t, out)
-    else:
-        simd.rows_bf16(w, r0, x, t, out)
 
 
 @njit(cache=True, inline="always")

@@ -446,14 +446,3 @@ tile_q4_1 = _quant_tile(20, _unpack_q4_1, _minimum, *QUANT_TILE)
 tile_f32 = _float_tile(_load_f32xn, 4, *FLOAT_TILE, FLOAT_LANES)
 tile_f16 = _float_tile(_load_f16xn, 2, *FLOAT_TILE, FLOAT_LANES)
 tile_bf16 = _float_tile(_load_bf16xn, 2, *FLOAT_TILE, FLOAT_LANES)
-
-# Decoding multiplies one token: tiles of DECODE_ROWS rows x 1 token. Four rows side by side
-# keep four independent accumulators busy and share each activation load, and the final
-# reductions and loop exits are paid once per four rows instead of once per row.
-DECODE_ROWS = 4
-rows_q8_0 = _quant_tile(34, _unpack_q8_0, None, DECODE_ROWS, 1)
-rows_q4_0 = _quant_tile(18, _unpack_q4_0, _minus_8, DECODE_ROWS, 1)
-rows_q4_1 = _quant_tile(20, _unpack_q4_1, _minimum, DECODE_ROWS, 1)
-rows_f32 = _float_tile(_load_f32xn, 4, DECODE_ROWS, 1, FLOAT_LANES)
-rows_f16 = _float_tile(_load_f16xn, 2, DECODE_ROWS, 1, FLOAT_LANES)
-rows_bf16 = _float_tile(_load_bf16xn, 2, DECODE_ROWS, 1, FLOAT_LANES)
