@@ -96,4 +96,4 @@ def test_fused_decode_is_the_step_by_step_path(name):
     try:
         np.testing.assert_array_equal(decode(True), decode(False))
     finally:
-        model.net.fuse_decode = True
+        model.net.fuse_decode = type(model.net).fuse_decode
