@@ -144,13 +144,19 @@ def _is_integer(v) -> bool:
     return (isinstance(v, int) and not isinstance(v, bool)) or (isinstance(v, float) and v.is_integer())
 
 
+def _typed(body: dict, name: str, is_kind, kind: str):
+    """body[name], None when absent or null; a 400 when it is not of the kind asked for."""
+    v = body.get(name)
+    if v is not None and not is_kind(v):
+        raise invalid(f"'{name}' must be {kind}, not {json.dumps(v)[:40]}", name, "invalid_type")
+    return v
+
+
 def get_number(body: dict, name: str, default, lo: float | None = None, hi: float | None = None):
     """body[name] as a float in [lo, hi]; default when absent or null."""
-    v = body.get(name)
+    v = _typed(body, name, _is_number, "a number")
     if v is None:
         return default
-    if not _is_number(v):
-        raise invalid(f"'{name}' must be a number, not {json.dumps(v)[:40]}", name, "invalid_type")
     if not ((lo is None or v >= lo) and (hi is None or v <= hi)):  # also rejects NaN
         raise invalid(f"'{name}' must be between {lo} and {hi}, not {v}", name)
     return float(v)
@@ -158,11 +164,9 @@ def get_number(body: dict, name: str, default, lo: float | None = None, hi: floa
 
 def get_integer(body: dict, name: str, default, lo: int | None = None, hi: int | None = None):
     """body[name] as an int in [lo, hi]; default when absent or null."""
-    v = body.get(name)
+    v = _typed(body, name, _is_integer, "an integer")
     if v is None:
         return default
-    if not _is_integer(v):
-        raise invalid(f"'{name}' must be an integer, not {json.dumps(v)[:40]}", name, "invalid_type")
     if (lo is not None and v < lo) or (hi is not None and v > hi):
         bound = f"at least {lo}" if hi is None else f"between {lo} and {hi}"
         raise invalid(f"'{name}' must be {bound}, not {int(v)}", name)
@@ -170,12 +174,8 @@ def get_integer(body: dict, name: str, default, lo: int | None = None, hi: int |
 
 
 def get_bool(body: dict, name: str, default: bool) -> bool:
-    v = body.get(name)
-    if v is None:
-        return default
-    if not isinstance(v, bool):
-        raise invalid(f"'{name}' must be true or false, not {json.dumps(v)[:40]}", name, "invalid_type")
-    return v
+    v = _typed(body, name, lambda x: isinstance(x, bool), "true or false")
+    return default if v is None else v
 
 
 def get_stops(body: dict) -> list[str]:
@@ -573,10 +573,7 @@ class State:
         first = load(self.model_path, n_ctx=getattr(self.args, "ctx_size", 0) or None)
         models = [first] + [Model(first.gguf, n_ctx=first.n_ctx, backend=first.backend.name)
                             for _ in range(getattr(self.args, "parallel", 1) - 1)]
-        token = first.tokenizer.bos_id or 0
-        first.eval([token, token])  # the batch path
-        first.eval([token])         # the one-token path
-        first.reset()
+        first.warmup()
         self.model = first
         tok = first.tokenizer
         self.template = first.gguf.get("tokenizer.chat_template")
