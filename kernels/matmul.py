@@ -27,8 +27,10 @@ def _round_to_f16(x):
 
 
 @njit(cache=True, parallel=True)
-def quantize_q8(x, xq, xd, xs):
-    """x: (n, k) float32 -> xq: (n, k) int8, xd: (n, k/32) scales, xs: (n, k/32) = xd * sum(xq).
+def quantize_q8(x, xq, xd, xs, xsum4):
+    """x: (n, k) float32 -> xq: (n, k) int8, xd: (n, k/32) scales, xs: (n, k/32) = xd * sum(xq)
+    rounded to a half (llama.cpp's q8_1), xsum4: (n, k/4) int32 = sums of 4 adjacent xq (what
+    one int32 lane of an integer dot product sums: Q4_0 subtracts 8 times them).
 
     llama.cpp's q8_0/q8_1 activations: d = max|x| / 127 stored as f16, q = round(x / d).
     """
@@ -45,6 +47,8 @@ def quantize_q8(x, xq, xd, xs):
                 q = np.int8(np.round(x[t, j] * inv))
                 xq[t, j] = q
                 total += q
+            for j in range(b * 8, b * 8 + 8):
+                xsum4[t, j] = np.int32(xq[t, 4 * j]) + xq[t, 4 * j + 1] + xq[t, 4 * j + 2] + xq[t, 4 * j + 3]
             xd[t, b] = _round_to_f16(d)
             xs[t, b] = _round_to_f16(d * np.float32(total))
 
@@ -55,27 +59,27 @@ quantize_q8_serial = njit(cache=True)(renamed(quantize_q8.py_func, "_serial"))
 
 def _quant_matmul(fmt, R, T):
     @njit(cache=True, parallel=True)
-    def matmul(w, xq, xd, xs, out):
+    def matmul(w, xq, xd, xs, xsum4, out):
         rows, n, nblk = w.shape[0], xq.shape[0], xd.shape[1]
         if n < T:  # decoding: one row dot per output
             for tile_r in prange((rows + ROWS_PER_TILE - 1) // ROWS_PER_TILE):
                 for r in range(tile_r * ROWS_PER_TILE, min(rows, (tile_r + 1) * ROWS_PER_TILE)):
                     for t in range(n):
-                        out[t, r] = _quant_dot(fmt, w[r], xq[t], xd[t], xs[t], nblk)
+                        out[t, r] = _quant_dot(fmt, w[r], xq[t], xd[t], xs[t], xsum4[t], nblk)
             return
         full_t = n - n % T
         for strip in prange((rows + R - 1) // R):  # a strip of R rows against every token
             r0 = strip * R
             if r0 + R <= rows:
                 for t0 in range(0, full_t, T):
-                    _quant_tile(fmt, w, r0, xq, xd, xs, t0, out)
+                    _quant_tile(fmt, w, r0, xq, xd, xs, xsum4, t0, out)
                 for t in range(full_t, n):
                     for r in range(r0, r0 + R):
-                        out[t, r] = _quant_dot(fmt, w[r], xq[t], xd[t], xs[t], nblk)
+                        out[t, r] = _quant_dot(fmt, w[r], xq[t], xd[t], xs[t], xsum4[t], nblk)
             else:
                 for r in range(r0, rows):
                     for t in range(n):
-                        out[t, r] = _quant_dot(fmt, w[r], xq[t], xd[t], xs[t], nblk)
+                        out[t, r] = _quant_dot(fmt, w[r], xq[t], xd[t], xs[t], xsum4[t], nblk)
     return matmul
 
 
@@ -113,22 +117,22 @@ F32, F16, BF16 = 0, 1, 2
 
 
 @njit(cache=True, inline="always")
-def _quant_dot(fmt, w, xq, xd, xs, nblk):
+def _quant_dot(fmt, w, xq, xd, xs, xsum4, nblk):
     if fmt == Q8_0:
-        return simd.dot_q8_0(w, xq, xd, xs, nblk)
+        return simd.dot_q8_0(w, xq, xd, xs, xsum4, nblk)
     if fmt == Q4_0:
-        return simd.dot_q4_0(w, xq, xd, xs, nblk)
-    return simd.dot_q4_1(w, xq, xd, xs, nblk)
+        return simd.dot_q4_0(w, xq, xd, xs, xsum4, nblk)
+    return simd.dot_q4_1(w, xq, xd, xs, xsum4, nblk)
 
 
 @njit(cache=True, inline="always")
-def _quant_tile(fmt, w, r0, xq, xd, xs, t0, out):
+def _quant_tile(fmt, w, r0, xq, xd, xs, xsum4, t0, out):
     if fmt == Q8_0:
-        simd.tile_q8_0(w, r0, xq, xd, xs, t0, out)
+        simd.tile_q8_0(w, r0, xq, xd, xs, xsum4, t0, out)
     elif fmt == Q4_0:
-        simd.tile_q4_0(w, r0, xq, xd, xs, t0, out)
+        simd.tile_q4_0(w, r0, xq, xd, xs, xsum4, t0, out)
     else:
-        simd.tile_q4_1(w, r0, xq, xd, xs, t0, out)
+        simd.tile_q4_1(w, r0, xq, xd, xs, xsum4, t0, out)
 
 
 @njit(cache=True, inline="always")
@@ -168,12 +172,14 @@ class Q8Activations:
         self.q = np.empty((max_tokens, k), np.int8)           # (n, k)
         self.d = np.empty((max_tokens, k // 32), np.float32)  # (n, k/32)
         self.s = np.empty((max_tokens, k // 32), np.float32)  # (n, k/32)
+        self.sum4 = np.empty((max_tokens, k // 4), np.int32)  # (n, k/4)
 
     def fill(self, x: np.ndarray):
+        """Quantise x (n, k) -> (q, d, s, sum4) views for n tokens, the arguments of the quantised matmuls."""
         n = x.shape[0]
-        q, d, s = self.q[:n], self.d[:n], self.s[:n]
-        quantize_q8(x, q, d, s)
-        return q, d, s
+        parts = self.q[:n], self.d[:n], self.s[:n], self.sum4[:n]
+        quantize_q8(x, *parts)
+        return parts
 
 
 def matmul(qtype: T, w: np.ndarray, x: np.ndarray, out: np.ndarray, q8: Q8Activations | None = None) -> np.ndarray:

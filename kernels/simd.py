@@ -15,6 +15,8 @@ llama.cpp does: xq int8 (k,), xd float32 (k/32,) scales, xs float32 (k/32,) = xd
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
@@ -23,6 +25,7 @@ from numba.extending import intrinsic
 from . import cpu
 
 I8, I16, I32, F16, F32 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.HalfType(), ir.FloatType()
+WIDE = cpu.has("avx512")  # 512-bit vectors: two quantised blocks per step, 16 float lanes
 
 
 def vec(t, n):
@@ -59,6 +62,8 @@ def _halves_sum(builder, v, n):
 def _reduce_fadd(builder, acc):
     # reassoc: an in-order reduction would serialise the lanes
     lanes = acc.type.count
+    if lanes == 1:
+        return builder.extract_element(acc, ir.Constant(I32, 0))
     return _call_intrinsic(builder, f"llvm.vector.reduce.fadd.v{lanes}f32", F32,
                            [ir.Constant(F32, 0.0), acc], fastmath=("reassoc",))
 
@@ -133,137 +138,224 @@ def _load_vec(builder, base, index, stride, vtype):
     return builder.load(builder.bitcast(p, vtype.as_pointer()), align=1)
 
 
-def _block_loop(builder, n, lanes, body, n_acc=4):
+def _block_loop(builder, n, lanes, body, n_acc=4, extra_lanes=1):
     """Sum body's contributions over steps 0..n-1 -> float32.
 
-    body(i, acc, extra) -> (acc, extra): acc a <lanes x float> accumulator, extra a scalar one
-    (for per-block terms such as Q4_1's minimum). Steps go round-robin to n_acc independent
-    accumulators so consecutive blocks do not wait on each other's multiply-add.
+    body(i, acc, extra) -> (acc, extra): acc a <lanes x float> accumulator, extra a
+    <extra_lanes x float> one (for per-block terms such as Q4_1's minimum). Steps go round-robin
+    to n_acc independent pairs of accumulators so consecutive steps do not wait on each other.
     """
     zero = ir.Constant(vec(F32, lanes), None)
     accs = [cgutils.alloca_once_value(builder, zero) for _ in range(n_acc)]
-    extra = cgutils.alloca_once_value(builder, ir.Constant(F32, 0.0))
+    extras = [cgutils.alloca_once_value(builder, ir.Constant(vec(F32, extra_lanes), None)) for _ in range(n_acc)]
 
-    def step(i, acc):
-        new_acc, new_extra = body(i, builder.load(acc), builder.load(extra))
-        builder.store(new_acc, acc)
-        builder.store(new_extra, extra)
+    def step(i, j):
+        new_acc, new_extra = body(i, builder.load(accs[j]), builder.load(extras[j]))
+        builder.store(new_acc, accs[j])
+        builder.store(new_extra, extras[j])
 
     width = ir.Constant(n.type, n_acc)
     with cgutils.for_range(builder, builder.udiv(n, width)) as loop:
         first = builder.mul(loop.index, width)
-        for j, acc in enumerate(accs):
-            step(builder.add(first, ir.Constant(n.type, j)), acc)
+        for j in range(n_acc):
+            step(builder.add(first, ir.Constant(n.type, j)), j)
     done = builder.mul(builder.udiv(n, width), width)
     with cgutils.for_range(builder, builder.sub(n, done)) as loop:  # the remaining steps
-        step(builder.add(done, loop.index), accs[0])
-    total = builder.load(accs[0])
-    for acc in accs[1:]:
-        total = builder.fadd(total, builder.load(acc))
-    return builder.fadd(_reduce_fadd(builder, total), builder.load(extra))
+        step(builder.add(done, loop.index), 0)
+    total, extra = builder.load(accs[0]), builder.load(extras[0])
+    for acc, more in zip(accs[1:], extras[1:]):
+        total, extra = builder.fadd(total, builder.load(acc)), builder.fadd(extra, builder.load(more))
+    return builder.fadd(_reduce_fadd(builder, total), _reduce_fadd(builder, extra))
 
 
 def _int_dot32(builder, w, x, w_nonnegative):
-    """<32 x i8> w . <32 x i8> x -> <8 x i32> partial sums, with the best instructions the level has.
+    """<32 x i8> w . <32 x i8> x -> <8 x i32>, lane i summing bytes 4i..4i+3, without VNNI.
 
-    x86 multiplies unsigned by signed bytes (vpmaddubsw, or vpdpbusd with VNNI): a signed w
-    is made unsigned by moving its sign onto x (llama.cpp's trick). w_nonnegative: w is
-    known to be in 0..127 (4-bit quants), so no sign moving is needed.
+    x86 multiplies unsigned by signed bytes (vpmaddubsw): a signed w is made unsigned by
+    moving its sign onto x (llama.cpp's trick). w_nonnegative: w is known to be in 0..127
+    (4-bit quants), so no sign moving is needed.
     """
     if cpu.has("avx2"):
-        if w_nonnegative:
-            u, s = w, x
-        else:
-            u = _call_intrinsic(builder, "llvm.abs.v32i8", vec(I8, 32), [w, ir.Constant(ir.IntType(1), 0)])
-            s = _call_intrinsic(builder, "llvm.x86.avx2.psign.b", vec(I8, 32), [x, w])
-        if cpu.has("vnni"):
-            as_i32 = vec(I32, 8)
-            return _call_intrinsic(builder, "llvm.x86.avx512.vpdpbusd.256", as_i32,
-                                   [ir.Constant(as_i32, None), builder.bitcast(u, as_i32), builder.bitcast(s, as_i32)])
+        u, s = (w, x) if w_nonnegative else (_abs_i8(builder, w), _sign_onto(builder, x, w))
         pairs = _call_intrinsic(builder, "llvm.x86.avx2.pmadd.ub.sw", vec(I16, 16), [u, s])   # <16 x i16>
         return _call_intrinsic(builder, "llvm.x86.avx2.pmadd.wd", vec(I32, 8),
                                [pairs, ir.Constant(vec(I16, 16), [1] * 16)])
     if cpu.has("dotprod"):
-        halves = []
-        for h in (range(0, 16), range(16, 32)):
-            idx = ir.Constant(vec(I32, 16), list(h))
-            halves.append(_call_intrinsic(builder, "llvm.aarch64.neon.sdot.v4i32.v16i8", vec(I32, 4), [
-                ir.Constant(vec(I32, 4), None), builder.shuffle_vector(w, w, idx), builder.shuffle_vector(x, x, idx)]))
-        return builder.shuffle_vector(halves[0], halves[1], ir.Constant(vec(I32, 8), list(range(8))))
-    prod = builder.mul(builder.sext(w, vec(I32, 32)), builder.sext(x, vec(I32, 32)))
-    return _halves_sum(builder, _halves_sum(builder, prod, 32), 16)
+        halves = [_call_intrinsic(builder, "llvm.aarch64.neon.sdot.v4i32.v16i8", vec(I32, 4), [
+            ir.Constant(vec(I32, 4), None), _slice(builder, w, i, 16), _slice(builder, x, i, 16)]) for i in (0, 16)]
+        return _concat(builder, halves)
+    prod = builder.mul(builder.sext(w, vec(I32, 32)), builder.sext(x, vec(I32, 32)))          # <32 x i32>
+    quads = [builder.shuffle_vector(prod, prod, ir.Constant(vec(I32, 8), list(range(j, 32, 4)))) for j in range(4)]
+    return builder.add(builder.add(quads[0], quads[1]), builder.add(quads[2], quads[3]))
 
 
-def _nibbles(builder, packed):
-    """<16 x i8> packed -> <32 x i8>: low nibbles (weights 0..15), then high nibbles (16..31)."""
-    lo = builder.and_(packed, ir.Constant(vec(I8, 16), [0x0F] * 16))
-    hi = builder.lshr(packed, ir.Constant(vec(I8, 16), [4] * 16))
-    return builder.shuffle_vector(lo, hi, ir.Constant(vec(I32, 32), list(range(32))))
+def _int_dot(builder, w, x, w_nonnegative, init):
+    """init + w . x for <32P x i8> w, x -> <8P x i32>, lane i summing bytes 4i..4i+3.
 
-
-def _quant_dot(block_bytes, unpack, correction):
-    """Codegen of a row dot for a 32-weight block format against q8 activations.
-
-    unpack(builder, block) -> (<32 x i8> quants, quants known non-negative);
-    correction(builder, block, d_w, xs_b) -> a float added per block (Q4_0's -8 offset,
-    Q4_1's minimum), or None.
+    With VNNI one vpdpbusd per 32 or 64 bytes, accumulating onto init; below, 32 bytes at a time.
     """
+    n = w.type.count
+    if cpu.has("vnni"):
+        u, s = (w, x) if w_nonnegative else (_abs_i8(builder, w), _sign_onto(builder, x, w))
+        as_i32 = vec(I32, n // 4)
+        return _call_intrinsic(builder, f"llvm.x86.avx512.vpdpbusd.{n * 8}", as_i32,
+                               [init, builder.bitcast(u, as_i32), builder.bitcast(s, as_i32)])
+    parts = [_int_dot32(builder, _slice(builder, w, i, 32), _slice(builder, x, i, 32), w_nonnegative)
+             for i in range(0, n, 32)]
+    return builder.add(_concat(builder, parts), init)
+
+
+def _abs_i8(builder, w):
+    n = w.type.count
+    return _call_intrinsic(builder, f"llvm.abs.v{n}i8", vec(I8, n), [w, ir.Constant(ir.IntType(1), 0)])
+
+
+def _sign_onto(builder, x, w):
+    """x with w's sign: -x where w < 0 (x, w int8 vectors; where w is 0 the product is 0 anyway)."""
+    if x.type.count == 32 and cpu.has("avx2"):
+        return _call_intrinsic(builder, "llvm.x86.avx2.psign.b", vec(I8, 32), [x, w])
+    negative = builder.icmp_signed("<", w, ir.Constant(w.type, None))
+    return builder.select(negative, builder.sub(ir.Constant(x.type, None), x), x)
+
+
+def _slice(builder, v, first, count):
+    return builder.shuffle_vector(v, v, ir.Constant(vec(I32, count), list(range(first, first + count))))
+
+
+def _concat(builder, parts):
+    """Equal-length vectors side by side (a power of two of them)."""
+    while len(parts) > 1:
+        n = parts[0].type.count
+        parts = [builder.shuffle_vector(a, b, ir.Constant(vec(I32, 2 * n), list(range(2 * n))))
+                 for a, b in zip(parts[::2], parts[1::2])]
+    return parts[0]
+
+
+# --- quantised formats: blocks of 32 weights against q8 activations --------------------------
+#
+# A step multiplies P blocks at once (P = 2 fills a 512-bit register, else 1): the blocks'
+# quants side by side in weight order, one integer dot product with the activations (each int32
+# lane sums 4 adjacent products, so lanes 8p..8p+7 belong to block p), and one multiply-add by
+# the blocks' scales spread over their lanes.
+
+@dataclass(frozen=True)
+class BlockFormat:
+    """Where a block of 32 weights keeps its parts."""
+    block_bytes: int
+    quants_at: int            # byte offset of the quants, after the half scale d at 0
+    nibbles: bool             # 16 bytes of 4-bit quants (low nibbles: weights 0-15, high: 16-31), else 32 int8
+    offset: int = 0           # Q4_0: weight = d * (q - offset)
+    min_at: int | None = None  # Q4_1: weight = d * q + m, m a half at this offset
+
+
+Q8_0_BLOCKS = BlockFormat(34, 2, nibbles=False)          # sum_j d*q_j * x_j
+Q4_0_BLOCKS = BlockFormat(18, 2, nibbles=True, offset=8)  # d * (sum_j q_j x_j - 8 * sum_j x_j)
+Q4_1_BLOCKS = BlockFormat(20, 4, nibbles=True, min_at=2)  # d * sum_j q_j x_j + m * sum_j x_j
+
+
+def _load_at(builder, ptr, offset, vtype):
+    p = builder.gep(ptr, [ir.Constant(I32, offset)]) if offset else ptr
+    return builder.load(builder.bitcast(p, vtype.as_pointer()), align=1)
+
+
+def _unpack_blocks(builder, fmt, blocks):
+    """The quants of P blocks (byte pointers) -> <32P x i8>, weight order."""
+    if not fmt.nibbles:
+        return _concat(builder, [_load_at(builder, blk, fmt.quants_at, vec(I8, 32)) for blk in blocks])
+    # each block's 16 bytes twice (a broadcast load), then the second copy shifted right by 4:
+    # low nibbles are weights 0-15, high nibbles 16-31. Shifts of 32-bit lanes (x86 has no byte shift).
+    twice = _concat(builder, [builder.shuffle_vector(q, q, ir.Constant(vec(I32, 32), list(range(16)) * 2))
+                              for q in (_load_at(builder, blk, fmt.quants_at, vec(I8, 16)) for blk in blocks)])
+    n = twice.type.count
+    shifts = ir.Constant(vec(I32, n // 4), ([0] * 4 + [4] * 4) * (n // 32))
+    shifted = builder.lshr(builder.bitcast(twice, vec(I32, n // 4)), shifts)
+    return builder.and_(builder.bitcast(shifted, vec(I8, n)), _const(vec(I8, n), 0x0F))
+
+
+def _halves_at(builder, blocks, offset):
+    """The half at byte offset of each of P blocks -> <P x float>."""
+    bits = ir.Constant(vec(I16, len(blocks)), None)
+    for p, blk in enumerate(blocks):
+        bits = builder.insert_element(bits, _load_at(builder, blk, offset, I16), ir.Constant(I32, p))
+    return half_bits_to_float(builder, bits)
+
+
+def _activations(builder, P, x_ptr, b):
+    """P blocks of 8-bit activations from block b on -> <32P x i8>."""
+    return _load_vec(builder, x_ptr, b, 32, vec(I8, 32 * P))
+
+
+def _per_block(builder, ptr, b, P, elt):
+    """P consecutive values from ptr[b] -> <P x elt>."""
+    return builder.load(builder.bitcast(builder.gep(ptr, [b]), vec(elt, P).as_pointer()), align=1)
+
+
+def _spread(builder, v):
+    """<P x T> per block -> <8P x T>: each lane gets its block's value."""
+    P = v.type.count
+    return builder.shuffle_vector(v, v, ir.Constant(vec(I32, 8 * P), [lane // 8 for lane in range(8 * P)]))
+
+
+def _first_lanes(builder, v):
+    """<P x T> per block -> <8P x T>: the value in its block's first lane, zeros elsewhere."""
+    P = v.type.count
+    mask = [lane // 8 if lane % 8 == 0 else P for lane in range(8 * P)]
+    return builder.shuffle_vector(v, ir.Constant(v.type, None), ir.Constant(vec(I32, 8 * P), mask))
+
+
+def _offset_init(builder, fmt, sum4_ptr, b, P):
+    """The integer accumulator a step starts from: Q4_0's -8 * (sums of 4 activations) per lane, else zeros."""
+    if not fmt.offset:
+        return ir.Constant(vec(I32, 8 * P), None)
+    sums = _load_vec(builder, sum4_ptr, b, 8, vec(I32, 8 * P))
+    return builder.mul(sums, _const(vec(I32, 8 * P), -fmt.offset))
+
+
+def _quant_dot(fmt):
+    """Codegen of a row dot for a block format against q8 activations (xq, xd, xs, xsum4)."""
+    P_WIDE = 2 if WIDE else 1
+
     def codegen(context, builder, sig, args):
-        w, xq, xd, xs, nblk = args
+        w, xq, xd, xs, xsum4, nblk = args
         row = _ptr(context, builder, sig.args[0], w, ir.Constant(I32, 0), I8)
         x_row = _ptr(context, builder, sig.args[1], xq, ir.Constant(I32, 0), I8)
+        xd_row = _ptr(context, builder, sig.args[2], xd, ir.Constant(I32, 0), F32)
+        xs_row = _ptr(context, builder, sig.args[3], xs, ir.Constant(I32, 0), F32)
+        sum4_row = _ptr(context, builder, sig.args[4], xsum4, ir.Constant(I32, 0), I32)
 
-        def body(b, acc, extra):                                                  # acc: <8 x float>
-            block = builder.gep(row, [builder.mul(b, ir.Constant(b.type, block_bytes))])
-            quants, nonnegative = unpack(builder, block)
-            isum = _int_dot32(builder, quants, _load_vec(builder, x_row, b, 32, vec(I8, 32)), nonnegative)
-            d_w = _load_f16_at(builder, block, 0)
-            scale = builder.fmul(d_w, builder.load(_ptr(context, builder, sig.args[2], xd, b, F32)))
-            acc = _call_intrinsic(builder, "llvm.fmuladd.v8f32", vec(F32, 8),
-                                  [builder.sitofp(isum, vec(F32, 8)), _splat(builder, scale, 8), acc])
-            if correction is not None:
-                xs_b = builder.load(_ptr(context, builder, sig.args[3], xs, b, F32))
-                extra = builder.fadd(extra, correction(builder, block, d_w, xs_b))
-            return acc, extra
+        def blocks_from(P):
+            def body(i, acc, extra):                                             # acc: <8P x float>
+                b = builder.mul(i, ir.Constant(i.type, P))
+                blocks = [builder.gep(row, [builder.mul(builder.add(b, ir.Constant(b.type, p)),
+                                                        ir.Constant(b.type, fmt.block_bytes))]) for p in range(P)]
+                isum = _int_dot(builder, _unpack_blocks(builder, fmt, blocks), _activations(builder, P, x_row, b),
+                                fmt.nibbles, _offset_init(builder, fmt, sum4_row, b, P))
+                scale = builder.fmul(_halves_at(builder, blocks, 0), _per_block(builder, xd_row, b, P, F32))
+                acc = _call_intrinsic(builder, f"llvm.fmuladd.v{8 * P}f32", vec(F32, 8 * P),
+                                      [builder.sitofp(isum, vec(F32, 8 * P)), _spread(builder, scale), acc])
+                if fmt.min_at is not None:
+                    m_x = builder.fmul(_halves_at(builder, blocks, fmt.min_at), _per_block(builder, xs_row, b, P, F32))
+                    extra = builder.fadd(extra, m_x)
+                return acc, extra
+            return body
 
-        return _block_loop(builder, nblk, 8, body)
+        steps = builder.udiv(nblk, ir.Constant(nblk.type, P_WIDE))
+        total = _block_loop(builder, steps, 8 * P_WIDE, blocks_from(P_WIDE), n_acc=4 // P_WIDE, extra_lanes=P_WIDE)
+        if P_WIDE == 1:
+            return total
+        tail = builder.sub(nblk, builder.mul(steps, ir.Constant(nblk.type, P_WIDE)))   # an odd block at the end
+        last = _block_loop(builder, tail, 8, lambda i, acc, extra: blocks_from(1)(
+            builder.add(i, builder.mul(steps, ir.Constant(nblk.type, P_WIDE))), acc, extra), n_acc=1)
+        return builder.fadd(total, last)
 
-    def typer(typingctx, w, xq, xd, xs, nblk):
-        return types.float32(w, xq, xd, xs, types.intp), codegen
+    def typer(typingctx, w, xq, xd, xs, xsum4, nblk):
+        return types.float32(w, xq, xd, xs, xsum4, types.intp), codegen
     return intrinsic(typer)
 
 
-def _packed_nibbles_at(builder, block, offset):
-    return _nibbles(builder, _load_vec(builder, builder.gep(block, [ir.Constant(I32, offset)]),
-                                       ir.Constant(I32, 0), 0, vec(I8, 16)))
-
-
-# Q8_0: d, 32 x int8                      sum_j d*q_j * x_j
-def _unpack_q8_0(b, blk):
-    return _load_vec(b, b.gep(blk, [ir.Constant(I32, 2)]), ir.Constant(I32, 0), 0, vec(I8, 32)), False
-
-
-# Q4_0: d, 16 bytes of nibbles            sum_j d*(q_j - 8) * x_j = d*(sum_j q_j x_j) - 8*d*sum_j x_j
-def _unpack_q4_0(b, blk):
-    return _packed_nibbles_at(b, blk, 2), True
-
-
-def _minus_8(b, blk, d_w, xs):
-    return b.fmul(b.fmul(d_w, ir.Constant(F32, -8.0)), xs)
-
-
-# Q4_1: d, m, 16 bytes of nibbles         sum_j (d*q_j + m) * x_j = d*(sum_j q_j x_j) + m*sum_j x_j
-def _unpack_q4_1(b, blk):
-    return _packed_nibbles_at(b, blk, 4), True
-
-
-def _minimum(b, blk, d_w, xs):
-    return b.fmul(_load_f16_at(b, blk, 2), xs)
-
-
-dot_q8_0 = _quant_dot(34, _unpack_q8_0, None)
-dot_q4_0 = _quant_dot(18, _unpack_q4_0, _minus_8)
-dot_q4_1 = _quant_dot(20, _unpack_q4_1, _minimum)
+dot_q8_0 = _quant_dot(Q8_0_BLOCKS)
+dot_q4_0 = _quant_dot(Q4_0_BLOCKS)
+dot_q4_1 = _quant_dot(Q4_1_BLOCKS)
 
 
 def _float_dot(load_chunk, bytes_per_chunk):
@@ -343,51 +435,73 @@ def _store_out(context, builder, aty, out, t, r, value):
     builder.store(value, builder.bitcast(p, F32.as_pointer()))
 
 
-def _quant_tile(block_bytes, unpack, correction, R, T):
-    """Intrinsic tile(w, r0, xq, xd, xs, t0, out): out[t0:t0+T, r0:r0+R] for a quantised format.
+def _quant_tile(fmt, R, T):
+    """Intrinsic tile(w, r0, xq, xd, xs, xsum4, t0, out): out[t0:t0+T, r0:r0+R] for a block format.
 
-    w: (rows, row_bytes) uint8; xq: (n, k) int8; xd, xs: (n, k/32) float32; out: (n, rows).
+    w: (rows, row_bytes) uint8; xq: (n, k) int8; xd, xs: (n, k/32) float32; xsum4: (n, k/32) int32;
+    out: (n, rows). Each step unpacks R rows' blocks and T tokens' activations once and forms
+    all R*T products from registers.
     """
+    P_WIDE = 2 if WIDE else 1
+
     def codegen(context, builder, sig, args):
-        w, r0, xq, xd, xs, t0, out = args
-        w_ty, _, xq_ty, xd_ty, xs_ty, _, out_ty = sig.args
+        w, r0, xq, xd, xs, xsum4, t0, out = args
+        w_ty, _, xq_ty, xd_ty, xs_ty, sum4_ty, _, out_ty = sig.args
         nblk = cgutils.unpack_tuple(builder, context.make_array(xd_ty)(context, builder, xd).shape)[1]
         rows = _row_pointers(context, builder, w_ty, w, r0, R)
         xq_rows = _row_pointers(context, builder, xq_ty, xq, t0, T)
         xd_rows = [builder.bitcast(p, F32.as_pointer()) for p in _row_pointers(context, builder, xd_ty, xd, t0, T)]
         xs_rows = [builder.bitcast(p, F32.as_pointer()) for p in _row_pointers(context, builder, xs_ty, xs, t0, T)]
-        accs = [[cgutils.alloca_once_value(builder, ir.Constant(vec(F32, 8), None)) for _ in range(T)] for _ in range(R)]
-        extras = [[cgutils.alloca_once_value(builder, ir.Constant(F32, 0.0)) for _ in range(T)] for _ in range(R)]
-        with cgutils.for_range(builder, nblk) as loop:
-            b = loop.index
-            blocks = [builder.gep(row, [builder.mul(b, ir.Constant(b.type, block_bytes))]) for row in rows]
-            unpacked = [unpack(builder, blk) for blk in blocks]                       # R x (<32 x i8>, nonneg)
-            d_w = [_load_f16_at(builder, blk, 0) for blk in blocks]
-            x_q = [_load_vec(builder, p, b, 32, vec(I8, 32)) for p in xq_rows]
-            d_x = [builder.load(builder.gep(p, [b])) for p in xd_rows]
-            s_x = [builder.load(builder.gep(p, [b])) for p in xs_rows] if correction else None
-            dw_lanes = [_splat(builder, d, 8) for d in d_w]                          # broadcast once per row
-            dx_lanes = [_splat(builder, d, 8) for d in d_x]                          # and once per token
+        sum4_rows = [builder.bitcast(p, I32.as_pointer())
+                     for p in _row_pointers(context, builder, sum4_ty, xsum4, t0, T)]
+
+        def step(P, b, accs):
+            """accs[r][t] (<8P x float>) += blocks b..b+P-1 of row r times token t."""
+            blocks = [[builder.gep(row, [builder.mul(builder.add(b, ir.Constant(b.type, p)),
+                                                     ir.Constant(b.type, fmt.block_bytes))]) for p in range(P)]
+                      for row in rows]
+            quants = [_unpack_blocks(builder, fmt, blk) for blk in blocks]
+            d_w = [_spread(builder, _halves_at(builder, blk, 0)) for blk in blocks]
+            x_q = [_activations(builder, P, p, b) for p in xq_rows]
+            d_x = [_spread(builder, _per_block(builder, p, b, P, F32)) for p in xd_rows]
+            init = [_offset_init(builder, fmt, p, b, P) for p in sum4_rows]
+            if fmt.min_at is not None:
+                m_w = [_first_lanes(builder, _halves_at(builder, blk, fmt.min_at)) for blk in blocks]
+                s_x = [_spread(builder, _per_block(builder, p, b, P, F32)) for p in xs_rows]
+            fmuladd = f"llvm.fmuladd.v{8 * P}f32"
             for r in range(R):
-                quants, nonnegative = unpacked[r]
                 for t in range(T):
-                    isum = _int_dot32(builder, quants, x_q[t], nonnegative)
-                    scale = builder.fmul(dw_lanes[r], dx_lanes[t])
-                    acc = _call_intrinsic(builder, "llvm.fmuladd.v8f32", vec(F32, 8),
-                                          [builder.sitofp(isum, vec(F32, 8)), scale, builder.load(accs[r][t])])
+                    isum = _int_dot(builder, quants[r], x_q[t], fmt.nibbles, init[t])
+                    acc = _call_intrinsic(builder, fmuladd, vec(F32, 8 * P), [
+                        builder.sitofp(isum, vec(F32, 8 * P)), builder.fmul(d_w[r], d_x[t]), builder.load(accs[r][t])])
+                    if fmt.min_at is not None:
+                        acc = _call_intrinsic(builder, fmuladd, vec(F32, 8 * P), [m_w[r], s_x[t], acc])
                     builder.store(acc, accs[r][t])
-                    if correction is not None:
-                        extra = builder.fadd(builder.load(extras[r][t]), correction(builder, blocks[r], d_w[r], s_x[t]))
-                        builder.store(extra, extras[r][t])
+
+        def accumulators(P):
+            return [[cgutils.alloca_once_value(builder, ir.Constant(vec(F32, 8 * P), None)) for _ in range(T)]
+                    for _ in range(R)]
+
+        wide = accumulators(P_WIDE)
+        steps = builder.udiv(nblk, ir.Constant(nblk.type, P_WIDE))
+        with cgutils.for_range(builder, steps) as loop:
+            step(P_WIDE, builder.mul(loop.index, ir.Constant(nblk.type, P_WIDE)), wide)
+        totals = [[_reduce_fadd(builder, builder.load(acc)) for acc in row] for row in wide]
+        if P_WIDE > 1:                                                       # an odd block at the end
+            done = builder.mul(steps, ir.Constant(nblk.type, P_WIDE))
+            narrow = accumulators(1)
+            with cgutils.for_range(builder, builder.sub(nblk, done)) as loop:
+                step(1, builder.add(done, loop.index), narrow)
+            totals = [[builder.fadd(total, _reduce_fadd(builder, builder.load(acc))) for total, acc in zip(*pair)]
+                      for pair in zip(totals, narrow)]
         for r in range(R):
             for t in range(T):
-                total = builder.fadd(_reduce_fadd(builder, builder.load(accs[r][t])), builder.load(extras[r][t]))
                 _store_out(context, builder, out_ty, out, builder.add(t0, ir.Constant(t0.type, t)),
-                           builder.add(r0, ir.Constant(r0.type, r)), total)
+                           builder.add(r0, ir.Constant(r0.type, r)), totals[r][t])
         return context.get_dummy_value()
 
-    def typer(typingctx, w, r0, xq, xd, xs, t0, out):
-        return types.none(w, types.intp, xq, xd, xs, types.intp, out), codegen
+    def typer(typingctx, w, r0, xq, xd, xs, xsum4, t0, out):
+        return types.none(w, types.intp, xq, xd, xs, xsum4, types.intp, out), codegen
     return intrinsic(typer)
 
 
@@ -436,13 +550,12 @@ def _load_bf16xn(builder, p, n):
 
 
 # Tile shapes per level: accumulators must fit the register file (32 zmm/ymm with AVX512, 16 ymm below).
-WIDE = cpu.has("avx512")
 QUANT_TILE = (4, 4) if WIDE else (2, 3)
 FLOAT_TILE, FLOAT_LANES = ((4, 3), 16) if WIDE else ((4, 2), 8)
 
-tile_q8_0 = _quant_tile(34, _unpack_q8_0, None, *QUANT_TILE)
-tile_q4_0 = _quant_tile(18, _unpack_q4_0, _minus_8, *QUANT_TILE)
-tile_q4_1 = _quant_tile(20, _unpack_q4_1, _minimum, *QUANT_TILE)
+tile_q8_0 = _quant_tile(Q8_0_BLOCKS, *QUANT_TILE)
+tile_q4_0 = _quant_tile(Q4_0_BLOCKS, *QUANT_TILE)
+tile_q4_1 = _quant_tile(Q4_1_BLOCKS, *QUANT_TILE)
 tile_f32 = _float_tile(_load_f32xn, 4, *FLOAT_TILE, FLOAT_LANES)
 tile_f16 = _float_tile(_load_f16xn, 2, *FLOAT_TILE, FLOAT_LANES)
 tile_bf16 = _float_tile(_load_bf16xn, 2, *FLOAT_TILE, FLOAT_LANES)

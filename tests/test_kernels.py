@@ -53,13 +53,15 @@ def test_q8_activations_match_llamacpp_rounding():
     rng = np.random.default_rng(3)
     x = rng.standard_normal((4, 96)).astype(np.float32)
     q8 = Q8Activations(4, 96)
-    q, d, s = q8.fill(x)
+    q, d, s, sum4 = q8.fill(x)
     blocks = x.reshape(4, 3, 32)
     expect_d = (np.abs(blocks).max(-1) / 127).astype(np.float16).astype(np.float32)
     np.testing.assert_array_equal(d, expect_d)
     assert np.abs(q.reshape(4, 3, 32) * d[..., None] - blocks).max() <= expect_d.max() * 0.51
     np.testing.assert_allclose(s, d * q.reshape(4, 3, 32).sum(-1), rtol=1e-3)
-    quantize_q8(np.zeros((1, 32), np.float32), q[:1, :32].copy(), d[:1, :1].copy(), s[:1, :1].copy())  # zero block: no NaN
+    np.testing.assert_array_equal(sum4, q.reshape(4, 24, 4).sum(-1, dtype=np.int32))
+    quantize_q8(np.zeros((1, 32), np.float32), q[:1, :32].copy(), d[:1, :1].copy(), s[:1, :1].copy(),
+                sum4[:1, :8].copy())  # zero block: no NaN
 
 
 def test_matmul_threads_are_deterministic():

@@ -28,15 +28,15 @@ _Q8_0, _Q4_0, _Q4_1, _F32, _F16 = int(T.Q8_0), int(T.Q4_0), int(T.Q4_1), int(T.F
 
 
 @njit(cache=True)
-def _matvec(fmt, data, offset, rows, row_bytes, x, xq, xd, xs, out):
+def _matvec(fmt, data, offset, rows, row_bytes, x, xq, xd, xs, xsum4, out):
     """out (1, rows) = W x for the weight at data[offset:], of GGML type fmt."""
     w = data[offset : offset + rows * row_bytes].reshape(rows, row_bytes)   # (rows, row_bytes)
     if fmt == _Q8_0:
-        matmul_q8_0(w, xq, xd, xs, out)
+        matmul_q8_0(w, xq, xd, xs, xsum4, out)
     elif fmt == _Q4_0:
-        matmul_q4_0(w, xq, xd, xs, out)
+        matmul_q4_0(w, xq, xd, xs, xsum4, out)
     elif fmt == _Q4_1:
-        matmul_q4_1(w, xq, xd, xs, out)
+        matmul_q4_1(w, xq, xd, xs, xsum4, out)
     elif fmt == _F32:
         matmul_f32(w, x, out)
     elif fmt == _F16:
@@ -46,9 +46,10 @@ def _matvec(fmt, data, offset, rows, row_bytes, x, xq, xd, xs, out):
 
 
 @njit(cache=True)
-def _project(l, j, plan, data, x, xq, xd, xs, out):
+def _project(l, j, plan, data, x, x8, out):
     offsets, rows, row_bytes, fmts = plan
-    _matvec(fmts[l, j], data, offsets[l, j], rows[l, j], row_bytes[l, j], x, xq, xd, xs, out)
+    xq, xd, xs, xsum4 = x8
+    _matvec(fmts[l, j], data, offsets[l, j], rows[l, j], row_bytes[l, j], x, xq, xd, xs, xsum4, out)
 
 
 @njit(cache=True)
@@ -60,15 +61,15 @@ def decode_blocks(x, data, plan, attn_norm, ffn_norm, bias, has_bias, cache_k, c
     bias: (bq, bk, bv) each (n_layer, dim); cache_k, cache_v: (n_layer, n_ctx, n_head_kv, head_dim).
     """
     h, q, k, v, att, proj, gate, up, ffn, scores = buffers
-    (eq, ed, es), (aq, ad, as_), (fq, fd, fs) = q8     # 8-bit activations of width n_embd, q_dim, n_ff
+    e8, a8, f8 = q8     # 8-bit activations (q, d, s, sum4) of width n_embd, q_dim, n_ff
     q2, k2, v2 = q.reshape(1, -1), k.reshape(1, -1), v.reshape(1, -1)          # (1, heads * head_dim)
     att3 = att.reshape(q.shape)                                                # (1, n_head, head_dim)
     for l in range(attn_norm.shape[0]):
         rmsnorm_serial(x, attn_norm[l], eps, h)
-        quantize_q8_serial(h, eq, ed, es)
-        _project(l, 0, plan, data, h, eq, ed, es, q2)
-        _project(l, 1, plan, data, h, eq, ed, es, k2)
-        _project(l, 2, plan, data, h, eq, ed, es, v2)
+        quantize_q8_serial(h, *e8)
+        _project(l, 0, plan, data, h, e8, q2)
+        _project(l, 1, plan, data, h, e8, k2)
+        _project(l, 2, plan, data, h, e8, v2)
         if has_bias:
             q2[0] += bias[0][l]
             k2[0] += bias[1][l]
@@ -78,16 +79,16 @@ def decode_blocks(x, data, plan, attn_norm, ffn_norm, bias, has_bias, cache_k, c
         cache_k[l, pos] = k[0]
         cache_v[l, pos] = v[0]
         attention(q, cache_k[l, : pos + 1], cache_v[l, : pos + 1], pos, scores, att3)
-        quantize_q8_serial(att, aq, ad, as_)
-        _project(l, 3, plan, data, att, aq, ad, as_, proj)
+        quantize_q8_serial(att, *a8)
+        _project(l, 3, plan, data, att, a8, proj)
         x += proj
         rmsnorm_serial(x, ffn_norm[l], eps, h)
-        quantize_q8_serial(h, eq, ed, es)
-        _project(l, 4, plan, data, h, eq, ed, es, gate)
-        _project(l, 5, plan, data, h, eq, ed, es, up)
+        quantize_q8_serial(h, *e8)
+        _project(l, 4, plan, data, h, e8, gate)
+        _project(l, 5, plan, data, h, e8, up)
         swiglu_serial(gate, up, ffn)
-        quantize_q8_serial(ffn, fq, fd, fs)
-        _project(l, 6, plan, data, ffn, fq, fd, fs, proj)
+        quantize_q8_serial(ffn, *f8)
+        _project(l, 6, plan, data, ffn, f8, proj)
         x += proj
 
 
@@ -120,7 +121,8 @@ class FusedDecoder:
         c = net.config
         q_dim = c.n_head * c.head_dim
         q8 = tuple((np.empty((1, width), np.int8), np.empty((1, width // 32), np.float32),
-                    np.empty((1, width // 32), np.float32)) for width in (c.n_embd, q_dim, c.n_ff))
+                    np.empty((1, width // 32), np.float32), np.empty((1, width // 4), np.int32))
+                   for width in (c.n_embd, q_dim, c.n_ff))
         return cls(data, plan, np.stack([b.attn_norm for b in blocks]).astype(np.float32),
                    np.stack([b.ffn_norm for b in blocks]).astype(np.float32), bias, has_bias, q8)
 
