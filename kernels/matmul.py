@@ -15,10 +15,11 @@ import numpy as np
 from gguf import GGMLQuantizationType as T
 from numba import njit, prange
 
-from . import simd
+from . import panels, simd
 from .ops import renamed
 
 ROWS_PER_TILE = 16  # rows one thread takes at a time: the tile's weights stay in L1 across tokens
+PANEL_MIN = 16      # tokens: from here on quantised matmuls use kernels.panels where the CPU has VNNI
 
 
 @njit(cache=True, inline="always")
@@ -83,6 +84,23 @@ def _quant_matmul(fmt, R, T):
     return matmul
 
 
+def _panel_matmul(fmt, R, G):
+    @njit(cache=True, parallel=True)
+    def matmul(w, xq, xd, xs, xsum4, xpanel, upanel, dpanel, spanel, sumpanel, out):
+        rows, n, nblk = w.shape[0], xq.shape[0], xd.shape[1]
+        groups = xpanel.shape[0]                 # a multiple of G, covering n tokens
+        for strip in prange((rows + R - 1) // R):  # a strip of R rows against every group of tokens
+            r0 = strip * R
+            if r0 + R <= rows:
+                for g0 in range(0, groups, G):
+                    _panel_tile(fmt, w, r0, xpanel, upanel, dpanel, spanel, sumpanel, g0, out, n)
+            else:
+                for r in range(r0, rows):
+                    for t in range(n):
+                        out[t, r] = _quant_dot(fmt, w[r], xq[t], xd[t], xs[t], xsum4[t], nblk)
+    return matmul
+
+
 def _float_matmul(fmt, R, T):
     @njit(cache=True, parallel=True)
     def matmul(w, x, out):
@@ -136,6 +154,16 @@ def _quant_tile(fmt, w, r0, xq, xd, xs, xsum4, t0, out):
 
 
 @njit(cache=True, inline="always")
+def _panel_tile(fmt, w, r0, xpanel, upanel, dpanel, spanel, sumpanel, g0, out, n):
+    if fmt == Q8_0:
+        panels.tile_q8_0(w, r0, xpanel, upanel, dpanel, spanel, sumpanel, g0, out, n)
+    elif fmt == Q4_0:
+        panels.tile_q4_0(w, r0, xpanel, upanel, dpanel, spanel, sumpanel, g0, out, n)
+    else:
+        panels.tile_q4_1(w, r0, xpanel, upanel, dpanel, spanel, sumpanel, g0, out, n)
+
+
+@njit(cache=True, inline="always")
 def _float_dot(fmt, w, x, chunks):
     if fmt == F32:
         return simd.dot_f32(w, x, chunks)
@@ -160,33 +188,67 @@ QUANT_MATMUL = {T.Q8_0: _quant_matmul(Q8_0, *simd.QUANT_TILE),
 FLOAT_MATMUL = {T.F32: _float_matmul(F32, *simd.FLOAT_TILE),
                 T.F16: _float_matmul(F16, *simd.FLOAT_TILE),
                 T.BF16: _float_matmul(BF16, *simd.FLOAT_TILE)}
+PANEL_MATMUL = {T.Q8_0: _panel_matmul(Q8_0, panels.ROWS, panels.GROUPS),
+                T.Q4_0: _panel_matmul(Q4_0, panels.ROWS, panels.GROUPS),
+                T.Q4_1: _panel_matmul(Q4_1, panels.ROWS, panels.GROUPS)}
 matmul_q8_0, matmul_q4_0, matmul_q4_1 = (QUANT_MATMUL[t] for t in (T.Q8_0, T.Q4_0, T.Q4_1))
 matmul_f32, matmul_f16, matmul_bf16 = (FLOAT_MATMUL[t] for t in (T.F32, T.F16, T.BF16))
 SUPPORTED = frozenset(QUANT_MATMUL) | frozenset(FLOAT_MATMUL)
 
 
 class Q8Activations:
-    """Scratch for x quantised to 8 bits: allocated once for up to max_tokens rows of k."""
+    """Scratch for x quantised to 8 bits: allocated once for up to max_tokens rows of k.
+
+    With VNNI, a batch of PANEL_MIN tokens or more is also repacked into panels (kernels.panels).
+    """
 
     def __init__(self, max_tokens: int, k: int):
         self.q = np.empty((max_tokens, k), np.int8)           # (n, k)
         self.d = np.empty((max_tokens, k // 32), np.float32)  # (n, k/32)
         self.s = np.empty((max_tokens, k // 32), np.float32)  # (n, k/32)
         self.sum4 = np.empty((max_tokens, k // 4), np.int32)  # (n, k/4)
+        self._panels = None
+        if panels.AVAILABLE and max_tokens >= PANEL_MIN:
+            groups = _panel_groups(max_tokens)
+            self._panels = (np.empty((groups, k // 4, panels.LANES), np.int32),     # xpanel
+                            np.empty((groups, k // 4, panels.LANES), np.int32),     # upanel
+                            np.empty((groups, k // 32, panels.LANES), np.float32),  # dpanel
+                            np.empty((groups, k // 32, panels.LANES), np.float32),  # spanel
+                            np.empty((groups, k // 32, panels.LANES), np.int32))    # sumpanel
+        self.panels = None  # the last fill's panels, or None
 
     def fill(self, x: np.ndarray):
         """Quantise x (n, k) -> (q, d, s, sum4) views for n tokens, the arguments of the quantised matmuls."""
         n = x.shape[0]
         parts = self.q[:n], self.d[:n], self.s[:n], self.sum4[:n]
         quantize_q8(x, *parts)
+        self.panels = None
+        if self._panels is not None and n >= PANEL_MIN:
+            self.panels = tuple(p[: _panel_groups(n)] for p in self._panels)
+            panels.pack(*parts[:3], *self.panels)
         return parts
+
+
+def _panel_groups(n: int) -> int:
+    """Groups of 16 tokens covering n, rounded up to whole tiles."""
+    per_tile = panels.LANES * panels.GROUPS
+    return -(-n // per_tile) * panels.GROUPS
+
+
+def quant_matmul(qtype: T, w: np.ndarray, parts: tuple, panel: tuple | None, out: np.ndarray) -> np.ndarray:
+    """out (n, rows) = x @ W.T from x's 8-bit parts (Q8Activations.fill) and, if packed, its panels."""
+    if panel is not None:
+        PANEL_MATMUL[qtype](w, *parts, *panel, out)
+    else:
+        QUANT_MATMUL[qtype](w, *parts, out)
+    return out
 
 
 def matmul(qtype: T, w: np.ndarray, x: np.ndarray, out: np.ndarray, q8: Q8Activations | None = None) -> np.ndarray:
     """out (n, rows) = x (n, k) @ W.T for W's raw rows (rows, row_bytes) of type qtype."""
     if qtype in FLOAT_MATMUL:
         FLOAT_MATMUL[qtype](w, x, out)
-    else:
-        q8 = q8 or Q8Activations(x.shape[0], x.shape[1])
-        QUANT_MATMUL[qtype](w, *q8.fill(x), out)
-    return out
+        return out
+    q8 = q8 or Q8Activations(x.shape[0], x.shape[1])
+    parts = q8.fill(x)
+    return quant_matmul(qtype, w, parts, q8.panels, out)

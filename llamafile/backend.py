@@ -65,16 +65,18 @@ class Prepared:
     """An activation (n, k) and, once a quantised matmul asks, its 8-bit form in the backend's scratch."""
 
     def __init__(self, x: np.ndarray, backend: "NumbaBackend"):
-        self.x, self.backend, self.q8 = x, backend, None
+        self.x, self.backend, self.q8, self.panels = x, backend, None, None
 
     @property
     def shape(self):
         return self.x.shape
 
     def quantised(self):
+        """(parts, panels) as kernels.matmul.quant_matmul takes them."""
         if self.q8 is None:
-            self.q8 = self.backend.q8_scratch(self.x.shape[1]).fill(self.x)
-        return self.q8
+            scratch = self.backend.q8_scratch(self.x.shape[1])
+            self.q8, self.panels = scratch.fill(self.x), scratch.panels
+        return self.q8, self.panels
 
 
 class NumbaBackend(NumpyBackend):
@@ -105,7 +107,7 @@ class NumbaBackend(NumpyBackend):
         if w.type in self.mm.FLOAT_MATMUL:
             self.mm.FLOAT_MATMUL[w.type](w.data, x.x, out)
         else:
-            self.mm.QUANT_MATMUL[w.type](w.data, *x.quantised(), out)
+            self.mm.quant_matmul(w.type, w.data, *x.quantised(), out)
         return out
 
     def rmsnorm(self, x, weight, eps, out):

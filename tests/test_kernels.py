@@ -20,7 +20,7 @@ from kernels.matmul import SUPPORTED, Q8Activations, matmul, quantize_q8
 from weights.quants import dequantize
 
 QUANTISED = (T.Q8_0, T.Q4_0, T.Q4_1)
-SHAPES = [(1, 32, 1), (37, 64, 1), (5, 32, 3), (576, 1536, 7), (33, 576, 128)]  # (rows, k, tokens)
+SHAPES = [(1, 32, 1), (37, 64, 1), (5, 32, 3), (576, 1536, 7), (13, 96, 37), (33, 576, 128)]  # (rows, k, tokens)
 
 
 def nmse(ours, ref):
