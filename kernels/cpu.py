@@ -2,6 +2,7 @@
 
 Levels, lowest first:
     x86_64:  generic (SSE2)  <  avx2 (x86-64-v3: AVX2, FMA, F16C)  <  avx512 (x86-64-v4)  <  avx512vnni
+             <  avx512bf16 (VNNI and BF16 dot products: Zen 4 and 5, Cooper Lake, Sapphire Rapids)
     aarch64: generic (NEON)  <  dotprod (NEON + sdot, e.g. Raspberry Pi 5)
 
 `LLAMAFILE_CPU=<level>` (or the CLI's --cpu) forces a level at or below what the machine
@@ -17,7 +18,7 @@ import os
 import platform
 import sys
 
-X86_LEVELS = ("generic", "avx2", "avx512", "avx512vnni")
+X86_LEVELS = ("generic", "avx2", "avx512", "avx512vnni", "avx512bf16")
 ARM_LEVELS = ("generic", "dotprod")
 
 # What Numba/LLVM is told to compile for, per level.
@@ -26,6 +27,7 @@ _X86_TARGETS = {
     "avx2": ("haswell", ""),
     "avx512": ("skylake-avx512", ""),
     "avx512vnni": ("cascadelake", ""),
+    "avx512bf16": ("cooperlake", ""),
 }
 _ARM_TARGETS = {"generic": ("cortex-a72", ""), "dotprod": ("cortex-a76", "")}
 
@@ -57,7 +59,9 @@ def detect() -> str:
     import llvmlite.binding as llvm  # llvmlite alone does not configure numba's target
     f = llvm.get_host_cpu_features()
     if all(f.get(k) for k in ("avx512f", "avx512bw", "avx512vl")):
-        return "avx512vnni" if f.get("avx512vnni") else "avx512"
+        if f.get("avx512vnni"):
+            return "avx512bf16" if f.get("avx512bf16") else "avx512vnni"
+        return "avx512"
     if all(f.get(k) for k in ("avx2", "fma", "f16c")):
         return "avx2"
     return "generic"
@@ -103,7 +107,7 @@ def has(feature: str) -> bool:
     """Whether the chosen level includes a feature the kernels care about."""
     level = LEVEL or configure()
     order = levels()
-    needs = {"avx2": "avx2", "avx512": "avx512", "vnni": "avx512vnni", "dotprod": "dotprod"}[feature]
+    needs = {"avx2": "avx2", "avx512": "avx512", "vnni": "avx512vnni", "bf16": "avx512bf16", "dotprod": "dotprod"}[feature]
     return needs in order and order.index(level) >= order.index(needs)
 
 

@@ -187,7 +187,7 @@ QUANT_MATMUL = {T.Q8_0: _quant_matmul(Q8_0, *simd.QUANT_TILE),
                 T.Q4_1: _quant_matmul(Q4_1, *simd.QUANT_TILE)}
 FLOAT_MATMUL = {T.F32: _float_matmul(F32, *simd.FLOAT_TILE),
                 T.F16: _float_matmul(F16, *simd.FLOAT_TILE),
-                T.BF16: _float_matmul(BF16, *simd.FLOAT_TILE)}
+                T.BF16: _float_matmul(BF16, *simd.BF16_TILE)}
 PANEL_MATMUL = {T.Q8_0: _panel_matmul(Q8_0, panels.ROWS, panels.GROUPS),
                 T.Q4_0: _panel_matmul(Q4_0, panels.ROWS, panels.GROUPS),
                 T.Q4_1: _panel_matmul(Q4_1, panels.ROWS, panels.GROUPS)}

@@ -559,3 +559,86 @@ tile_q4_1 = _quant_tile(Q4_1_BLOCKS, *QUANT_TILE)
 tile_f32 = _float_tile(_load_f32xn, 4, *FLOAT_TILE, FLOAT_LANES)
 tile_f16 = _float_tile(_load_f16xn, 2, *FLOAT_TILE, FLOAT_LANES)
 tile_bf16 = _float_tile(_load_bf16xn, 2, *FLOAT_TILE, FLOAT_LANES)
+
+
+# --- BF16 with AVX512-BF16: 32 products per vdpbf16ps ----------------------------------------
+#
+# The weights go to the instruction as they are in the file; the activations are rounded to
+# bf16 first (to nearest even), as llama.cpp does for BF16 weights.
+
+class _BFloatType(ir.Type):
+    """LLVM's bfloat: llvmlite has no class for it, and its IR is text."""
+
+    def _to_string(self):
+        return "bfloat"
+
+    def __eq__(self, other):
+        return isinstance(other, _BFloatType)
+
+    def __hash__(self):
+        return hash("bfloat")
+
+
+BF = _BFloatType()
+
+
+def _x_as_bf16(builder, x_ptr, i):
+    """Activations x_ptr[32i : 32i + 32] (float) -> <32 x bfloat>."""
+    lo = _load_vec(builder, x_ptr, i, 32, vec(F32, 16))
+    hi = _load_vec(builder, builder.gep(x_ptr, [ir.Constant(I32, 16)]), i, 32, vec(F32, 16))
+    return _call_intrinsic(builder, "llvm.x86.avx512bf16.cvtne2ps2bf16.512", vec(BF, 32), [hi, lo])
+
+
+def _dpbf16(builder, acc, w, x):
+    """acc (<16 x float>) + pairwise products of w and x (<32 x bfloat> each)."""
+    return _call_intrinsic(builder, "llvm.x86.avx512bf16.dpbf16ps.512", vec(F32, 16), [acc, w, x])
+
+
+def _bf16_dot():
+    """dot_bf16(w, x, n_chunks) with vdpbf16ps."""
+    def codegen(context, builder, sig, args):
+        w, x, n_chunks = args
+        row = _ptr(context, builder, sig.args[0], w, ir.Constant(I32, 0), I8)
+        x_row = _ptr(context, builder, sig.args[1], x, ir.Constant(I32, 0), F32)
+
+        def body(i, acc, extra):
+            return _dpbf16(builder, acc, _load_vec(builder, row, i, 64, vec(BF, 32)), _x_as_bf16(builder, x_row, i)), extra
+
+        return _block_loop(builder, n_chunks, 16, body)
+
+    def typer(typingctx, w, x, n_chunks):
+        return types.float32(w, x, types.intp), codegen
+    return intrinsic(typer)
+
+
+def _bf16_tile(R, T):
+    """tile_bf16(w, r0, x, t0, out) with vdpbf16ps: R rows x T tokens, k a multiple of 32."""
+    def codegen(context, builder, sig, args):
+        w, r0, x, t0, out = args
+        w_ty, _, x_ty, _, out_ty = sig.args
+        k = cgutils.unpack_tuple(builder, context.make_array(x_ty)(context, builder, x).shape)[1]
+        rows = _row_pointers(context, builder, w_ty, w, r0, R)
+        x_rows = [builder.bitcast(p, F32.as_pointer()) for p in _row_pointers(context, builder, x_ty, x, t0, T)]
+        accs = [[cgutils.alloca_once_value(builder, ir.Constant(vec(F32, 16), None)) for _ in range(T)] for _ in range(R)]
+        with cgutils.for_range(builder, builder.udiv(k, ir.Constant(k.type, 32))) as loop:
+            i = loop.index
+            wv = [_load_vec(builder, row, i, 64, vec(BF, 32)) for row in rows]
+            xv = [_x_as_bf16(builder, p, i) for p in x_rows]
+            for r in range(R):
+                for t in range(T):
+                    builder.store(_dpbf16(builder, builder.load(accs[r][t]), wv[r], xv[t]), accs[r][t])
+        for r in range(R):
+            for t in range(T):
+                _store_out(context, builder, out_ty, out, builder.add(t0, ir.Constant(t0.type, t)),
+                           builder.add(r0, ir.Constant(r0.type, r)), _reduce_fadd(builder, builder.load(accs[r][t])))
+        return context.get_dummy_value()
+
+    def typer(typingctx, w, r0, x, t0, out):
+        return types.none(w, types.intp, x, types.intp, out), codegen
+    return intrinsic(typer)
+
+
+BF16_TILE = (4, 4) if cpu.has("bf16") else FLOAT_TILE
+if cpu.has("bf16"):
+    dot_bf16 = _bf16_dot()
+    tile_bf16 = _bf16_tile(*BF16_TILE)

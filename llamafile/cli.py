@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("-c", "--ctx-size", type=int, default=4096, metavar="N",
                    help="context size in tokens, 0 = from the model (default: 4096)")
     g.add_argument("--cpu", metavar="LEVEL", help="force a lower CPU level: generic, avx2, avx512, "
-                   "avx512vnni (x86) or generic, dotprod (ARM); also LLAMAFILE_CPU")
+                   "avx512vnni, avx512bf16 (x86) or generic, dotprod (ARM); also LLAMAFILE_CPU")
     g.add_argument("--verbose", action="store_true", help="print more about what happens")
 
     g = p.add_argument_group("completion")

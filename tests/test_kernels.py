@@ -27,6 +27,13 @@ def nmse(ours, ref):
     return float(np.mean((ours - ref) ** 2) / np.mean(ref ** 2))
 
 
+def round_to_bf16(x):
+    """float32 -> the nearest bfloat16 (ties to even), as float32."""
+    bits = x.view(np.uint32).astype(np.uint64)
+    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16 << 16
+    return bits.astype(np.uint32).view(np.float32)
+
+
 def raw_weights(qtype, w):
     if qtype == T.F32:
         return w.view(np.uint8)
@@ -44,6 +51,8 @@ def test_matmul_matches_dequantised_reference(qtype, rows, k, n):
     raw = np.ascontiguousarray(raw_weights(qtype, w))
     out = np.full((n, rows), np.nan, np.float32)
     matmul(qtype, raw, x, out)
+    if qtype == T.BF16 and cpu.has("bf16"):
+        x = round_to_bf16(x)  # vdpbf16ps multiplies activations rounded to bf16, as llama.cpp does
     ref = x @ dequantize(raw, qtype).T
     bound = 5e-4 if qtype in QUANTISED else 1e-10
     assert nmse(out, ref) <= bound
