@@ -27,7 +27,7 @@ def _round_to_f16(x):
     return simd.half_to_float(simd.float_to_half(x))
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, error_model="numpy")
 def quantize_q8(x, xq, xd, xs, xsum4):
     """x: (n, k) float32 -> xq: (n, k) int8, xd: (n, k/32) scales, xs: (n, k/32) = xd * sum(xq)
     rounded to a half (llama.cpp's q8_1), xsum4: (n, k/4) int32 = sums of 4 adjacent xq (what
@@ -55,7 +55,7 @@ def quantize_q8(x, xq, xd, xs, xsum4):
 
 
 # The same, on the calling thread: one token's activations (a parallel region costs more).
-quantize_q8_serial = njit(cache=True)(renamed(quantize_q8.py_func, "_serial"))
+quantize_q8_serial = njit(cache=True, error_model="numpy")(renamed(quantize_q8.py_func, "_serial"))
 
 
 def _quant_matmul(fmt, R, T):

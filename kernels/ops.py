@@ -10,6 +10,8 @@ import types
 import numpy as np
 from numba import njit, prange
 
+from .simd import int_bits_to_float
+
 SERIAL_BELOW = 4  # rows: fewer than this run on the calling thread (a parallel region costs microseconds)
 
 
@@ -23,11 +25,31 @@ def renamed(func, suffix: str):
     return twin
 
 
+@njit(cache=True, inline="always")
+def exp(x):
+    """e^x in float32 for x in [-87, 88.3] (clamped outside): Cephes' expf, ~1 ulp. Plain arithmetic,
+    so loops calling it vectorise (libm's exp does not, and cost most of softmax and SwiGLU)."""
+    x = min(max(x, np.float32(-87.0)), np.float32(88.3))
+    n = np.floor(x * np.float32(1.4426950408889634) + np.float32(0.5))        # round(x / ln 2)
+    r = x - n * np.float32(0.693359375) + n * np.float32(2.12194440e-4)        # x - n ln 2, in two parts
+    p = np.float32(1.9875691500e-4)
+    p = p * r + np.float32(1.3981999507e-3)
+    p = p * r + np.float32(8.3334519073e-3)
+    p = p * r + np.float32(4.1665795894e-2)
+    p = p * r + np.float32(1.6666665459e-1)
+    p = p * r + np.float32(5.0000001201e-1)
+    y = p * r * r + r + np.float32(1.0)
+    return y * int_bits_to_float((np.int32(n) + np.int32(127)) << np.int32(23))  # y * 2^n
+
+
 def _rowwise(fastmath=False):
-    """Jit a kernel over rows twice, serial and parallel; small inputs (decoding) take the serial one."""
+    """Jit a kernel over rows twice, serial and parallel; small inputs (decoding) take the serial one.
+
+    error_model="numpy": a float division by zero gives inf rather than raising, so the check
+    does not stop loops from vectorising."""
     def wrap(func):
-        serial = njit(cache=True, fastmath=fastmath)(renamed(func, "_serial"))
-        parallel = njit(cache=True, parallel=True, fastmath=fastmath)(func)
+        serial = njit(cache=True, fastmath=fastmath, error_model="numpy")(renamed(func, "_serial"))
+        parallel = njit(cache=True, parallel=True, fastmath=fastmath, error_model="numpy")(func)
 
         def kernel(x, *args):
             (serial if x.shape[0] < SERIAL_BELOW else parallel)(x, *args)
@@ -74,7 +96,7 @@ def rope(x, cos, sin, neox):
                 x[t, h, b_i] = a * sin[t, i] + b * cos[t, i]
 
 
-@njit(cache=True, parallel=True, fastmath=True)
+@njit(cache=True, parallel=True, fastmath=True, error_model="numpy")
 def attention(q, k, v, start, scores, out):
     """Causal grouped-query attention over the KV cache.
 
@@ -98,7 +120,7 @@ def attention(q, k, v, start, scores, out):
                 top = max(top, s[p])
             total = np.float32(0.0)
             for p in range(length):
-                s[p] = np.exp(s[p] - top)
+                s[p] = exp(s[p] - top)
                 total += s[p]
             for j in range(hd):
                 out[t, h, j] = 0.0
@@ -115,4 +137,4 @@ def swiglu(gate, up, out):
     for t in prange(n):
         for j in range(m):
             g = gate[t, j]
-            out[t, j] = g / (np.float32(1.0) + np.exp(-g)) * up[t, j]
+            out[t, j] = g / (np.float32(1.0) + exp(-g)) * up[t, j]

@@ -404,6 +404,14 @@ def half_to_float(typingctx, bits):
 
 
 @intrinsic
+def int_bits_to_float(typingctx, bits):
+    """int32 -> the float32 with those bits."""
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], F32)
+    return types.float32(types.int32), codegen
+
+
+@intrinsic
 def float_to_half(typingctx, value):
     """float32 -> the bits of the nearest IEEE half (round to nearest even), as uint16."""
     def codegen(context, builder, sig, args):
