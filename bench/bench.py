@@ -4,9 +4,12 @@
     python bench/bench.py --models smollm2 --threads 2
 
 For each file and thread count: our tok/s, llama.cpp's from ../shared/reference/llamacpp_bench.json
-(llama-bench on this machine), the ratio, and decode as a fraction of the memory-bandwidth
-roofline (bandwidth measured in this run / bytes of weights read per token). Absolute figures
-drift ±20% on this shared machine: read the ratios.
+(llama-bench on this machine) and the ratio; if llama-cpp-python is installed
+(`pip install llama-cpp-python`, built for this CPU), llama.cpp's speed measured now, its runs
+interleaved with ours, and that ratio; and decode as a fraction of the memory-bandwidth roofline
+(bandwidth measured before each row / bytes of weights read per token). Absolute figures drift
+by ±30% on this shared machine (its memory bandwidth with them): read the ratios, the live ones
+first.
 """
 from __future__ import annotations
 
@@ -60,23 +63,39 @@ def weight_bytes_per_token(model) -> int:
     return total + net.output.nbytes
 
 
-def measure(model, n_prompt: int, n_gen: int, repeats: int) -> tuple[float, float]:
-    rng = np.random.default_rng(0)
-    prompt = rng.integers(100, model.config.n_vocab, n_prompt).tolist()
+def measure(model, prompt: list[int], n_gen: int) -> tuple[float, float]:
+    """One pp and one tg figure (tok/s) for anything with reset() and eval(ids): ours or llama.cpp's."""
     model.reset()
-    model.eval(prompt[:8])  # warm-up (and JIT, if the cache is cold)
+    pp = len(prompt) / _timed(lambda: model.eval(prompt))
+    model.reset()
     model.eval([1])
-    pp, tg = [], []
-    for _ in range(repeats):
+    t0 = time.perf_counter()
+    for i in range(n_gen):
+        model.eval([prompt[i]])
+    return pp, n_gen / (time.perf_counter() - t0)
+
+
+def measure_side_by_side(models: list, n_prompt: int, n_gen: int, repeats: int, n_vocab: int) -> list:
+    """Median (pp, tg) per model, their runs interleaved so that drift hits them alike."""
+    prompt = np.random.default_rng(0).integers(100, n_vocab, n_prompt).tolist()
+    for model in models:  # warm-up (and JIT, if the cache is cold)
         model.reset()
-        pp.append(n_prompt / _timed(lambda: model.eval(prompt)))
-        model.reset()
+        model.eval(prompt[:8])
         model.eval([1])
-        t0 = time.perf_counter()
-        for i in range(n_gen):
-            model.eval([prompt[i]])
-        tg.append(n_gen / (time.perf_counter() - t0))
-    return float(np.median(pp)), float(np.median(tg))
+    runs = [[measure(model, prompt, n_gen) for model in models] for _ in range(repeats)]
+    return [tuple(float(np.median([run[i][k] for run in runs])) for k in (0, 1)) for i in range(len(models))]
+
+
+def live_llamacpp(path: Path, threads: int, n_ctx: int):
+    """llama.cpp itself through llama-cpp-python, when it is installed (else None): its own speed now,
+    on this machine, so the ratio does not depend on how busy the machine was when the reference ran."""
+    try:
+        import llama_cpp
+    except ImportError:
+        return None
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_batch=n_ctx, n_threads=threads,
+                          n_threads_batch=threads, verbose=False)
+    return llm
 
 
 def llamacpp_figures() -> dict:
@@ -95,28 +114,36 @@ def main() -> None:
     p.add_argument("--pp", type=int, default=128)
     p.add_argument("--tg", type=int, default=64)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--no-live", action="store_true", help="do not run llama.cpp even if llama-cpp-python is installed")
     args = p.parse_args()
     threads = [int(t) for t in args.threads.split(",")]
     ref = llamacpp_figures()
-    bandwidth = {t: memory_bandwidth(t) for t in threads}
-    print(f"CPU level {kernels.cpu.LEVEL}; memory read bandwidth: "
-          + ", ".join(f"{t} thread{'s' if t > 1 else ''} {bw / 1e9:.1f} GB/s" for t, bw in bandwidth.items()))
+    print(f"CPU level {kernels.cpu.LEVEL}. ref: llama-bench's figures in {REFERENCE.name}; live: llama.cpp through "
+          "llama-cpp-python in this run, interleaved with ours (when installed). Memory read bandwidth is measured "
+          "before each row; roofline = decode bytes/s / that bandwidth.")
     print()
-    print("| model | threads | pp128 tok/s | llama.cpp | ratio | tg64 tok/s | llama.cpp | ratio | roofline |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| model | threads | pp128 tok/s | ref | ratio | live | ratio | tg64 tok/s | ref | ratio | live | ratio "
+          "| bandwidth | roofline |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    nan = float("nan")
     for name in args.models:
         path = fetch(name, progress=False)
-        model = llamafile.load(path, n_ctx=args.pp + args.tg + 16)
+        n_ctx = args.pp + args.tg + 16
+        model = llamafile.load(path, n_ctx=n_ctx)
         bytes_per_token = weight_bytes_per_token(model)
         for t in threads:
+            bandwidth = memory_bandwidth(t, gib=0.25)
             numba.set_num_threads(t)
-            pp, tg = measure(model, args.pp, args.tg, args.repeats)
-            ref_pp, ref_tg = ref.get((path.name, t, "pp")), ref.get((path.name, t, "tg"))
-            roof = tg * bytes_per_token / bandwidth[t]
-            print(f"| {name} | {t} | {pp:.0f} | {ref_pp or float('nan'):.0f} | {pp / ref_pp if ref_pp else float('nan'):.2f} "
-                  f"| {tg:.0f} | {ref_tg or float('nan'):.0f} | {tg / ref_tg if ref_tg else float('nan'):.2f} | {roof:.0%} |",
-                  flush=True)
-
+            theirs = live_llamacpp(path, t, n_ctx) if not args.no_live else None
+            results = measure_side_by_side([model] + ([theirs] if theirs else []), args.pp, args.tg, args.repeats,
+                                           model.config.n_vocab)
+            (pp, tg), (live_pp, live_tg) = results[0], (results[1] if theirs else (nan, nan))
+            ref_pp, ref_tg = ref.get((path.name, t, "pp"), nan), ref.get((path.name, t, "tg"), nan)
+            roof = tg * bytes_per_token / bandwidth
+            print(f"| {name} | {t} | {pp:.0f} | {ref_pp:.0f} | {pp / ref_pp:.2f} | {live_pp:.0f} | {pp / live_pp:.2f} "
+                  f"| {tg:.0f} | {ref_tg:.0f} | {tg / ref_tg:.2f} | {live_tg:.0f} | {tg / live_tg:.2f} "
+                  f"| {bandwidth / 1e9:.0f} GB/s | {roof:.0%} |", flush=True)
+            del theirs
 
 if __name__ == "__main__":
     main()
