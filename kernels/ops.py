@@ -7,9 +7,11 @@ from __future__ import annotations
 import math
 import types
 
+import numba
 import numpy as np
 from numba import njit, prange
 
+from . import simd
 from .simd import int_bits_to_float
 
 SERIAL_BELOW = 4  # rows: fewer than this run on the calling thread (a parallel region costs microseconds)
@@ -128,6 +130,59 @@ def attention(q, k, v, start, scores, out):
                 w = s[p] / total
                 for j in range(hd):
                     out[t, h, j] += w * v[p, kvh, j]
+
+
+QUERY_BLOCK = 16  # queries per work item of attention_blocked: one float32 lane each in a 512-bit register
+
+
+def attention_scratch(threads: int, n_ctx: int, head_dim: int) -> np.ndarray:
+    """attention_blocked's scratch, per thread: scores (n_ctx rows), the queries and the output
+    transposed (head_dim rows each) and the softmax sums: (threads, n_ctx + 2 head_dim + 1, 16)."""
+    return np.zeros((threads, n_ctx + 2 * head_dim + 1, QUERY_BLOCK), np.float32)
+
+
+@njit(cache=True, parallel=True)
+def attention_blocked(q, k, v, start, scratch, out):
+    """attention() for a prompt: the same definition, computed 16 queries at a time.
+
+    A work item is (head, block of 16 queries). Its scores are kept transposed, (keys, 16), so
+    every step is a vector operation across the block's queries with no horizontal sums:
+    simd.rows_scores (eight keys per loaded row of queries), simd.rows_softmax down the
+    columns, simd.rows_weighted_sum (eight output rows in registers). head_dim: a multiple of 8.
+    scratch: attention_scratch(threads, >= start+n, hd).
+    """
+    n, heads, hd = q.shape
+    blocks = (n + QUERY_BLOCK - 1) // QUERY_BLOCK
+    for item in prange(heads * blocks):
+        _attention_block(q, k, v, start, item // blocks, item % blocks * QUERY_BLOCK,
+                         scratch[numba.get_thread_id()], out)
+
+
+@njit(cache=True, error_model="numpy")
+def _attention_block(q, k, v, start, h, t0, mine, out):
+    """Queries t0..t0+15 of head h (fewer at the end); mine: this thread's scratch."""
+    n, heads, hd = q.shape
+    kvh = h // (heads // k.shape[1])
+    scale = np.float32(1.0 / np.sqrt(hd))
+    n_ctx = mine.shape[0] - 2 * hd - 1
+    s, qt, ot = mine[:n_ctx], mine[n_ctx : n_ctx + hd], mine[n_ctx + hd : n_ctx + 2 * hd]  # (keys | hd | hd, 16)
+    total = mine[n_ctx + 2 * hd]                                                            # (16,)
+    m = min(QUERY_BLOCK, n - t0)
+    for j in range(hd):
+        for i in range(QUERY_BLOCK):
+            qt[j, i] = q[t0 + i, h, j] * scale if i < m else np.float32(0.0)
+    keys = start + t0 + m                         # the keys the block's last query sees
+    full = keys - keys % simd.KEYS_AT_ONCE
+    for p in range(0, full, simd.KEYS_AT_ONCE):
+        simd.rows_scores(s, p, qt, k, kvh)
+    for p in range(full, keys):
+        simd.row_scores(s, p, qt, k, kvh)
+    simd.rows_softmax(s, keys, start + t0, total)
+    for j in range(0, hd, simd.KEYS_AT_ONCE):
+        simd.rows_weighted_sum(ot, j, s, keys, v, kvh)
+    for i in range(m):
+        for j in range(hd):
+            out[t0 + i, h, j] = ot[j, i] / total[i]
 
 
 @_rowwise()

@@ -650,3 +650,148 @@ BF16_TILE = (4, 4) if cpu.has("bf16") else FLOAT_TILE
 if cpu.has("bf16"):
     dot_bf16 = _bf16_dot()
     tile_bf16 = _bf16_tile(*BF16_TILE)
+
+
+# --- rows of 16 float lanes: attention over a block of 16 queries ----------------------------
+#
+# kernels.ops.attention_blocked keeps a block's scores transposed, (keys, 16 queries), so its
+# loops run across the queries in the lanes. Numba's own loops over such rows stay scalar (it
+# cannot tell that the rows it reads and writes do not overlap), so these take a row at a time.
+
+LANES16 = vec(F32, 16)
+
+
+def _row16(context, builder, aty, arr, row):
+    """Pointer to arr[row, 0:16] of a 2-D float32 array, as <16 x float>*."""
+    ary = context.make_array(aty)(context, builder, arr)
+    stride = cgutils.unpack_tuple(builder, ary.strides)[0]
+    p = builder.gep(builder.bitcast(ary.data, I8.as_pointer()), [builder.mul(row, stride)])
+    return builder.bitcast(p, LANES16.as_pointer())
+
+
+def _exp16(builder, x):
+    """kernels.ops.exp on 16 lanes (Cephes' expf)."""
+    c = lambda value: _const(LANES16, value)  # noqa: E731
+    x = builder.select(builder.fcmp_ordered("<", x, c(-87.0)), c(-87.0), x)
+    x = builder.select(builder.fcmp_ordered(">", x, c(88.3)), c(88.3), x)
+    n = _call_intrinsic(builder, "llvm.floor.v16f32", LANES16,
+                        [builder.fadd(builder.fmul(x, c(1.4426950408889634)), c(0.5))])
+    r = builder.fadd(builder.fsub(x, builder.fmul(n, c(0.693359375))), builder.fmul(n, c(2.12194440e-4)))
+    p = c(1.9875691500e-4)
+    for coefficient in (1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1):
+        p = builder.fadd(builder.fmul(p, r), c(coefficient))
+    y = builder.fadd(builder.fadd(builder.fmul(builder.fmul(p, r), r), r), c(1.0))
+    exponent = builder.add(builder.fptosi(n, vec(I32, 16)), _const(vec(I32, 16), 127))
+    return builder.fmul(y, builder.bitcast(builder.shl(exponent, _const(vec(I32, 16), 23)), LANES16))
+
+
+@intrinsic
+def rows_softmax(typingctx, s, keys, first, total):
+    """Causal softmax down the columns of s (keys, 16): lane i is the query at position first + i and
+    sees keys 0..first+i. s[p] becomes exp(s[p] - max) (0 where masked), total[:16] the sums."""
+    def codegen(context, builder, sig, args):
+        s, keys, first, total = args
+        lane = ir.Constant(vec(I32, 16), list(range(16)))
+        last_key = builder.add(_splat(builder, builder.trunc(first, I32), 16), lane)   # per lane
+
+        def visible(p):
+            return builder.icmp_signed("<=", _splat(builder, builder.trunc(p, I32), 16), last_key)
+
+        top = cgutils.alloca_once_value(builder, _const(LANES16, float("-inf")))
+        with cgutils.for_range(builder, keys) as loop:
+            row = builder.load(_row16(context, builder, sig.args[0], s, loop.index), align=4)
+            bigger = _call_intrinsic(builder, "llvm.maxnum.v16f32", LANES16, [builder.load(top), row])
+            builder.store(builder.select(visible(loop.index), bigger, builder.load(top)), top)
+        sums = cgutils.alloca_once_value(builder, ir.Constant(LANES16, None))
+        with cgutils.for_range(builder, keys) as loop:
+            ptr = _row16(context, builder, sig.args[0], s, loop.index)
+            e = _exp16(builder, builder.fsub(builder.load(ptr, align=4), builder.load(top)))
+            e = builder.select(visible(loop.index), e, ir.Constant(LANES16, None))
+            builder.store(e, ptr, align=4)
+            builder.store(builder.fadd(builder.load(sums), e), sums)
+        out = _ptr(context, builder, sig.args[3], total, ir.Constant(I32, 0), F32)
+        builder.store(builder.load(sums), builder.bitcast(out, LANES16.as_pointer()), align=4)
+        return context.get_dummy_value()
+    return types.none(s, types.intp, types.intp, total), codegen
+
+
+KEYS_AT_ONCE = 8  # rows_scores: keys per call; rows_weighted_sum: head_dim rows per call
+
+
+def _kv_row(context, builder, aty, arr, p, kvh):
+    """Pointer to arr[p, kvh, 0] of a (keys, kv_heads, hd) float32 array, as float*."""
+    ary = context.make_array(aty)(context, builder, arr)
+    s0, s1, _ = cgutils.unpack_tuple(builder, ary.strides)
+    row = builder.gep(builder.bitcast(ary.data, I8.as_pointer()), [builder.add(builder.mul(p, s0), builder.mul(kvh, s1))])
+    return builder.bitcast(row, F32.as_pointer())
+
+
+@intrinsic
+def rows_scores(typingctx, s, p0, qt, k, kvh):
+    """s[p0 + m, :16] = sum_j qt[j, :16] * k[p0 + m, kvh, j] for m < KEYS_AT_ONCE: eight keys
+    against 16 queries, each loaded row of qt used for all eight (accumulators in registers)."""
+    def codegen(context, builder, sig, args):
+        s, p0, qt, k, kvh = args
+        s_ty, _, qt_ty, k_ty, _ = sig.args
+        hd = cgutils.unpack_tuple(builder, context.make_array(qt_ty)(context, builder, qt).shape)[0]
+        keys = [_kv_row(context, builder, k_ty, k, builder.add(p0, ir.Constant(p0.type, m)), kvh)
+                for m in range(KEYS_AT_ONCE)]
+        accs = [cgutils.alloca_once_value(builder, ir.Constant(LANES16, None)) for _ in range(KEYS_AT_ONCE)]
+        with cgutils.for_range(builder, hd) as loop:
+            q_row = builder.load(_row16(context, builder, qt_ty, qt, loop.index), align=4)
+            for key, acc in zip(keys, accs):
+                k_j = _splat(builder, builder.load(builder.gep(key, [loop.index])), 16)
+                builder.store(_call_intrinsic(builder, "llvm.fma.v16f32", LANES16, [q_row, k_j, builder.load(acc)]), acc)
+        for m, acc in enumerate(accs):
+            builder.store(builder.load(acc), _row16(context, builder, s_ty, s, builder.add(p0, ir.Constant(p0.type, m))),
+                          align=4)
+        return context.get_dummy_value()
+    return types.none(s, types.intp, qt, k, types.intp), codegen
+
+
+@intrinsic
+def rows_weighted_sum(typingctx, ot, j0, s, keys, v, kvh):
+    """ot[j0 + m, :16] = sum_{p < keys} s[p, :16] * v[p, kvh, j0 + m] for m < KEYS_AT_ONCE: eight
+    output rows held in registers while the weights of every key stream past."""
+    def codegen(context, builder, sig, args):
+        ot, j0, s, keys, v, kvh = args
+        ot_ty, _, s_ty, _, v_ty, _ = sig.args
+        accs = [cgutils.alloca_once_value(builder, ir.Constant(LANES16, None)) for _ in range(KEYS_AT_ONCE)]
+        with cgutils.for_range(builder, keys) as loop:
+            weights = builder.load(_row16(context, builder, s_ty, s, loop.index), align=4)
+            values = builder.gep(_kv_row(context, builder, v_ty, v, loop.index, kvh), [j0])
+            for m, acc in enumerate(accs):
+                v_m = _splat(builder, builder.load(builder.gep(values, [ir.Constant(I32, m)])), 16)
+                builder.store(_call_intrinsic(builder, "llvm.fma.v16f32", LANES16, [weights, v_m, builder.load(acc)]), acc)
+        for m, acc in enumerate(accs):
+            builder.store(builder.load(acc), _row16(context, builder, ot_ty, ot, builder.add(j0, ir.Constant(j0.type, m))),
+                          align=4)
+        return context.get_dummy_value()
+    return types.none(ot, types.intp, s, types.intp, v, types.intp), codegen
+
+
+@intrinsic
+def row_scores(typingctx, s, p, qt, k, kvh):
+    """s[p, :16] = sum_j qt[j, :16] * k[p, kvh, j] over j < qt.shape[0] (a multiple of 4):
+    key p against 16 queries, four accumulators in registers."""
+    def codegen(context, builder, sig, args):
+        s, p, qt, k, kvh = args
+        s_ty, _, qt_ty, k_ty, _ = sig.args
+        qt_ary, k_ary = context.make_array(qt_ty)(context, builder, qt), context.make_array(k_ty)(context, builder, k)
+        hd = cgutils.unpack_tuple(builder, qt_ary.shape)[0]
+        k0, k1, _ = cgutils.unpack_tuple(builder, k_ary.strides)
+        key = builder.gep(builder.bitcast(k_ary.data, I8.as_pointer()), [builder.add(builder.mul(p, k0), builder.mul(kvh, k1))])
+        key = builder.bitcast(key, F32.as_pointer())                                   # k[p, kvh, :]
+        accs = [cgutils.alloca_once_value(builder, ir.Constant(LANES16, None)) for _ in range(4)]
+        with cgutils.for_range(builder, builder.udiv(hd, ir.Constant(hd.type, 4))) as loop:
+            for m in range(4):
+                j = builder.add(builder.mul(loop.index, ir.Constant(hd.type, 4)), ir.Constant(hd.type, m))
+                q_row = builder.load(_row16(context, builder, qt_ty, qt, j), align=4)
+                k_j = _splat(builder, builder.load(builder.gep(key, [j])), 16)
+                builder.store(_call_intrinsic(builder, "llvm.fma.v16f32", LANES16, [q_row, k_j, builder.load(accs[m])]),
+                              accs[m])
+        total = builder.fadd(builder.fadd(builder.load(accs[0]), builder.load(accs[1])),
+                             builder.fadd(builder.load(accs[2]), builder.load(accs[3])))
+        builder.store(total, _row16(context, builder, s_ty, s, p), align=4)
+        return context.get_dummy_value()
+    return types.none(s, types.intp, qt, k, types.intp), codegen

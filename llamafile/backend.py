@@ -125,7 +125,10 @@ class NumbaBackend(NumpyBackend):
         return x
 
     def attention(self, q, k, v, start, out):
-        self.ops.attention(q, k, v, start, self._scores, out)
+        if q.shape[0] >= self.ops.QUERY_BLOCK and q.shape[2] % 8 == 0:  # a prompt: 16 queries at a time
+            self.ops.attention_blocked(q, k, v, start, self._blocked_scratch(q.shape[2]), out)
+        else:
+            self.ops.attention(q, k, v, start, self._scores, out)
         return out
 
     def swiglu(self, gate, up, out):
@@ -136,8 +139,18 @@ class NumbaBackend(NumpyBackend):
         self.n_batch = n_batch
         self._q8 = {}                                                # width -> Q8Activations
         self._scores = np.empty((n_heads, n_ctx), np.float32)        # (heads, n_ctx)
+        self._n_ctx, self._attention_scratch = n_ctx, None
         self._rope_cos = np.empty((n_batch, rope_dim // 2), np.float32)
         self._rope_sin = np.empty((n_batch, rope_dim // 2), np.float32)
+
+
+    def _blocked_scratch(self, head_dim: int) -> np.ndarray:
+        """attention_blocked's scratch: made at the first prompt, again only if the threads grow."""
+        import numba
+        threads = numba.get_num_threads()
+        if self._attention_scratch is None or self._attention_scratch.shape[0] < threads:
+            self._attention_scratch = self.ops.attention_scratch(threads, self._n_ctx, head_dim)
+        return self._attention_scratch
 
 
 BACKENDS = {"numpy": NumpyBackend, "numba": NumbaBackend}

@@ -146,6 +146,18 @@ def test_attention(start, n):
     np.testing.assert_allclose(out, reference.attention(q, k, v, start), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("start,n", [(0, 16), (0, 37), (7, 20), (100, 33)])
+def test_attention_blocked(start, n):
+    """The prompt's attention, 16 queries at a time: whole and partial blocks, after a cached prefix."""
+    rng = np.random.default_rng(start + n)
+    q = rng.standard_normal((n, 9, 64)).astype(np.float32) * 3  # sharp distributions too
+    k = rng.standard_normal((start + n + 5, 3, 64)).astype(np.float32)  # cache rows past the prompt: unused
+    v = rng.standard_normal((start + n + 5, 3, 64)).astype(np.float32)
+    out = np.full_like(q, np.nan)
+    ops.attention_blocked(q, k, v, start, ops.attention_scratch(numba.get_num_threads(), start + n + 5, 64), out)
+    np.testing.assert_allclose(out, reference.attention(q, k[: start + n], v[: start + n], start), rtol=1e-4, atol=1e-5)
+
+
 def test_swiglu():
     rng = np.random.default_rng(4)
     g, u = rng.standard_normal((3, 100)).astype(np.float32), rng.standard_normal((3, 100)).astype(np.float32)
