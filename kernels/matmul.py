@@ -42,7 +42,7 @@ def quantize_q8(x, xq, xd, xs, xsum4):
             for j in range(b * 32, b * 32 + 32):
                 amax = max(amax, abs(x[t, j]))
             d = amax / np.float32(127.0)
-            inv = np.float32(1.0) / d if d > 0 else np.float32(0.0)
+            inv = np.float32(127.0) / amax if amax > 0 else np.float32(0.0)   # as llama.cpp: 127/amax, not 1/d
             total = 0
             for j in range(b * 32, b * 32 + 32):
                 q = np.int8(np.round(x[t, j] * inv))

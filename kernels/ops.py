@@ -75,13 +75,27 @@ def rmsnorm(x, weight, eps, out):
 
 
 @njit(cache=True)
+def store_as_half(dst, src):
+    """dst (n, heads, head_dim) = src rounded to the nearest half (ties to even), kept as float32:
+    the KV cache's precision, as llama.cpp's default f16 cache (-ctk f16 -ctv f16)."""
+    n, heads, hd = src.shape
+    for t in range(n):
+        for h in range(heads):
+            for j in range(hd):
+                dst[t, h, j] = simd.half_to_float(simd.float_to_half(src[t, h, j]))
+
+
+@njit(cache=True)
 def rope_tables(positions, rope_dim, base, cos, sin):
-    """cos, sin: (n, rope_dim/2) for theta = pos * base^(-2i/rope_dim), computed in float64."""
+    """cos, sin: (n, rope_dim/2) for theta_i = pos * base^(-2i/rope_dim), the way llama.cpp computes
+    them (ggml_rope_cache_init): in float32, theta multiplied by base^(-2/rope_dim) pair by pair."""
+    scale = np.float32(base ** (-2.0 / rope_dim))
     for t in range(positions.shape[0]):
+        theta = np.float32(positions[t])
         for i in range(rope_dim // 2):
-            theta = positions[t] * base ** (-2.0 * i / rope_dim)
-            cos[t, i] = math.cos(theta)
-            sin[t, i] = math.sin(theta)
+            cos[t, i] = math.cos(np.float64(theta))   # cosf, sinf: the float32 theta's, rounded once
+            sin[t, i] = math.sin(np.float64(theta))
+            theta = np.float32(theta * scale)
 
 
 @_rowwise()

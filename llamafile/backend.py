@@ -47,6 +47,10 @@ class NumpyBackend:
         """cos, sin (n, rope_dim/2) for these positions: computed once per forward pass."""
         return reference.rope_angles(positions, rope_dim, base)
 
+    def store_kv(self, dst, values):
+        """dst = values (n, heads, head_dim) at the cache's precision: f16, as llama.cpp's default."""
+        dst[:] = values.astype(np.float16)
+
     def rope(self, x, angles, neox):
         """In place: x (n, heads, head_dim) rotated by angles from rope_angles."""
         x[:] = reference.apply_rope(x, *angles, neox)
@@ -123,6 +127,9 @@ class NumbaBackend(NumpyBackend):
     def rope(self, x, angles, neox):
         self.ops.rope(x, *angles, neox)
         return x
+
+    def store_kv(self, dst, values):
+        self.ops.store_as_half(dst, values)
 
     def attention(self, q, k, v, start, out):
         if q.shape[0] >= self.ops.QUERY_BLOCK and q.shape[2] % 8 == 0:  # a prompt: 16 queries at a time

@@ -158,6 +158,26 @@ def test_attention_blocked(start, n):
     np.testing.assert_allclose(out, reference.attention(q, k[: start + n], v[: start + n], start), rtol=1e-4, atol=1e-5)
 
 
+def test_kv_values_are_stored_at_half_precision():
+    x = np.random.default_rng(5).standard_normal((3, 2, 64)).astype(np.float32) * 100
+    out = np.empty_like(x)
+    ops.store_as_half(out, x)
+    np.testing.assert_array_equal(out, x.astype(np.float16).astype(np.float32))
+
+
+def test_rope_tables_as_llamacpp_computes_them():
+    """float32 theta, multiplied pair by pair (ggml_rope_cache_init): close to the exact angles."""
+    positions = np.array([0.0, 1.0, 77.0, 4000.0])
+    cos, sin = np.empty((4, 32), np.float32), np.empty((4, 32), np.float32)
+    ops.rope_tables(positions, 64, 10000.0, cos, sin)
+    scale, theta = np.float32(10000.0 ** (-2 / 64)), positions.astype(np.float32)
+    for i in range(32):
+        np.testing.assert_array_equal(cos[:, i], np.cos(theta.astype(np.float64)).astype(np.float32))
+        theta = (theta * scale).astype(np.float32)
+    exact_cos, _ = reference.rope_angles(positions, 64, 10000.0)
+    np.testing.assert_allclose(cos, exact_cos, atol=2e-3)
+
+
 def test_swiglu():
     rng = np.random.default_rng(4)
     g, u = rng.standard_normal((3, 100)).astype(np.float32), rng.standard_normal((3, 100)).astype(np.float32)

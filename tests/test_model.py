@@ -58,7 +58,9 @@ def test_prompt_then_decode_equals_one_batch(name, backend):
 
     Only where the arithmetic is float throughout: with 8-bit activations (quantised files on
     the kernels, as in llama.cpp) a last-bit difference between the tiled and the one-row
-    matmul can flip a rounding, and logits then move by quantisation noise (KL ~1e-2).
+    matmul can flip a rounding, and logits then move by quantisation noise (KL ~1e-2). Keys
+    and values are kept at f16 precision (as llama.cpp's cache), where such a flip moves a
+    value by half a part in 2000: logits then differ by up to ~5e-3 (they are ~10 in size).
     """
     model = loaded_model(name, backend)
     ids = read_jsonl("gen_smollm2-f32.jsonl")[0]["prompt_ids"]
@@ -66,7 +68,7 @@ def test_prompt_then_decode_equals_one_batch(name, backend):
     model.reset()
     model.eval(ids[:5])
     steps = [model.eval([t]).copy() for t in ids[5:]]  # eval returns a view it reuses
-    np.testing.assert_allclose(np.stack(steps), batch[5:], atol=2e-3, rtol=0)
+    np.testing.assert_allclose(np.stack(steps), batch[5:], atol=1e-2, rtol=0)
 
 
 def test_context_overflow_is_a_clear_error(smollm2):

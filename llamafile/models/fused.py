@@ -19,7 +19,7 @@ from numba import njit
 
 from kernels.matmul import (SUPPORTED, matmul_bf16, matmul_f16, matmul_f32, matmul_q4_0, matmul_q4_1,
                             matmul_q8_0, quantize_q8_serial)
-from kernels.ops import attention, rmsnorm, rope, swiglu
+from kernels.ops import attention, rmsnorm, rope, store_as_half, swiglu
 
 rmsnorm_serial, rope_serial, swiglu_serial = rmsnorm.serial, rope.serial, swiglu.serial
 
@@ -76,8 +76,8 @@ def decode_blocks(x, data, plan, attn_norm, ffn_norm, bias, has_bias, cache_k, c
             v2[0] += bias[2][l]
         rope_serial(q, cos, sin, neox)
         rope_serial(k, cos, sin, neox)
-        cache_k[l, pos] = k[0]
-        cache_v[l, pos] = v[0]
+        store_as_half(cache_k[l, pos : pos + 1], k)   # f16 precision, as llama.cpp's cache
+        store_as_half(cache_v[l, pos : pos + 1], v)
         attention(q, cache_k[l, : pos + 1], cache_v[l, : pos + 1], pos, scores, att3)
         quantize_q8_serial(att, *a8)
         _project(l, 3, plan, data, att, a8, proj)
