@@ -76,13 +76,23 @@ def rmsnorm(x, weight, eps, out):
 
 @njit(cache=True)
 def store_as_half(dst, src):
-    """dst (n, heads, head_dim) = src rounded to the nearest half (ties to even), kept as float32:
-    the KV cache's precision, as llama.cpp's default f16 cache (-ctk f16 -ctv f16)."""
+    """dst (n, heads, head_dim), uint16 = the halves nearest src (ties to even): the KV cache's
+    storage, as llama.cpp's default f16 cache (-ctk f16 -ctv f16)."""
     n, heads, hd = src.shape
     for t in range(n):
         for h in range(heads):
             for j in range(hd):
-                dst[t, h, j] = simd.half_to_float(simd.float_to_half(src[t, h, j]))
+                dst[t, h, j] = simd.float_to_half(src[t, h, j])
+
+
+@njit(cache=True, parallel=True)
+def halves_to_floats(src, dst):
+    """dst (keys, heads, head_dim) float32 = src uint16 halves: a prompt's view of the KV cache."""
+    keys, heads, hd = src.shape
+    for p in prange(keys):
+        for h in range(heads):
+            for j in range(hd):
+                dst[p, h, j] = simd.half_to_float(src[p, h, j])
 
 
 @njit(cache=True)
@@ -116,8 +126,9 @@ def rope(x, cos, sin, neox):
 def attention(q, k, v, start, scores, out):
     """Causal grouped-query attention over the KV cache.
 
-    q: (n, heads, hd) at positions start..start+n-1; k, v: (>= start+n, kv_heads, hd);
-    scores: scratch (heads, >= start+n); out: (n, heads, hd). One thread per head.
+    q: (n, heads, hd) at positions start..start+n-1; k, v: (>= start+n, kv_heads, hd), float32 or
+    uint16 halves (the cache); scores: scratch (heads, >= start+n); out: (n, heads, hd). One
+    thread per head.
     """
     n, heads, hd = q.shape
     group = heads // k.shape[1]
@@ -131,7 +142,7 @@ def attention(q, k, v, start, scores, out):
             for p in range(length):
                 dot = np.float32(0.0)
                 for j in range(hd):
-                    dot += q[t, h, j] * k[p, kvh, j]
+                    dot += q[t, h, j] * simd.as_float(k[p, kvh, j])
                 s[p] = dot * scale
                 top = max(top, s[p])
             total = np.float32(0.0)
@@ -143,7 +154,7 @@ def attention(q, k, v, start, scores, out):
             for p in range(length):
                 w = s[p] / total
                 for j in range(hd):
-                    out[t, h, j] += w * v[p, kvh, j]
+                    out[t, h, j] += w * simd.as_float(v[p, kvh, j])
 
 
 QUERY_BLOCK = 16  # queries per work item of attention_blocked: one float32 lane each in a 512-bit register

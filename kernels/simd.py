@@ -412,6 +412,18 @@ def int_bits_to_float(typingctx, bits):
 
 
 @intrinsic
+def as_float(typingctx, x):
+    """A float32 as it is, or uint16 half bits (the KV cache) converted: one kernel for both."""
+    if x == types.uint16:
+        def codegen(context, builder, sig, args):
+            return half_bits_to_float(builder, args[0])
+    else:
+        def codegen(context, builder, sig, args):
+            return context.cast(builder, args[0], sig.args[0], types.float32)
+    return types.float32(x), codegen
+
+
+@intrinsic
 def float_to_half(typingctx, value):
     """float32 -> the bits of the nearest IEEE half (round to nearest even), as uint16."""
     def codegen(context, builder, sig, args):
@@ -719,11 +731,16 @@ KEYS_AT_ONCE = 8  # rows_scores: keys per call; rows_weighted_sum: head_dim rows
 
 
 def _kv_row(context, builder, aty, arr, p, kvh):
-    """Pointer to arr[p, kvh, 0] of a (keys, kv_heads, hd) float32 array, as float*."""
+    """arr[p, kvh, :] of a (keys, kv_heads, hd) cache array: float32, or uint16 holding halves
+    (the KV cache) -> a function index -> float."""
     ary = context.make_array(aty)(context, builder, arr)
     s0, s1, _ = cgutils.unpack_tuple(builder, ary.strides)
     row = builder.gep(builder.bitcast(ary.data, I8.as_pointer()), [builder.add(builder.mul(p, s0), builder.mul(kvh, s1))])
-    return builder.bitcast(row, F32.as_pointer())
+    if aty.dtype == types.uint16:
+        halves = builder.bitcast(row, I16.as_pointer())
+        return lambda j: half_bits_to_float(builder, builder.load(builder.gep(halves, [j])))
+    floats = builder.bitcast(row, F32.as_pointer())
+    return lambda j: builder.load(builder.gep(floats, [j]))
 
 
 @intrinsic
@@ -740,7 +757,7 @@ def rows_scores(typingctx, s, p0, qt, k, kvh):
         with cgutils.for_range(builder, hd) as loop:
             q_row = builder.load(_row16(context, builder, qt_ty, qt, loop.index), align=4)
             for key, acc in zip(keys, accs):
-                k_j = _splat(builder, builder.load(builder.gep(key, [loop.index])), 16)
+                k_j = _splat(builder, key(loop.index), 16)
                 builder.store(_call_intrinsic(builder, "llvm.fma.v16f32", LANES16, [q_row, k_j, builder.load(acc)]), acc)
         for m, acc in enumerate(accs):
             builder.store(builder.load(acc), _row16(context, builder, s_ty, s, builder.add(p0, ir.Constant(p0.type, m))),
@@ -759,9 +776,9 @@ def rows_weighted_sum(typingctx, ot, j0, s, keys, v, kvh):
         accs = [cgutils.alloca_once_value(builder, ir.Constant(LANES16, None)) for _ in range(KEYS_AT_ONCE)]
         with cgutils.for_range(builder, keys) as loop:
             weights = builder.load(_row16(context, builder, s_ty, s, loop.index), align=4)
-            values = builder.gep(_kv_row(context, builder, v_ty, v, loop.index, kvh), [j0])
+            values = _kv_row(context, builder, v_ty, v, loop.index, kvh)
             for m, acc in enumerate(accs):
-                v_m = _splat(builder, builder.load(builder.gep(values, [ir.Constant(I32, m)])), 16)
+                v_m = _splat(builder, values(builder.add(j0, ir.Constant(j0.type, m))), 16)
                 builder.store(_call_intrinsic(builder, "llvm.fma.v16f32", LANES16, [weights, v_m, builder.load(acc)]), acc)
         for m, acc in enumerate(accs):
             builder.store(builder.load(acc), _row16(context, builder, ot_ty, ot, builder.add(j0, ir.Constant(j0.type, m))),
@@ -777,17 +794,14 @@ def row_scores(typingctx, s, p, qt, k, kvh):
     def codegen(context, builder, sig, args):
         s, p, qt, k, kvh = args
         s_ty, _, qt_ty, k_ty, _ = sig.args
-        qt_ary, k_ary = context.make_array(qt_ty)(context, builder, qt), context.make_array(k_ty)(context, builder, k)
-        hd = cgutils.unpack_tuple(builder, qt_ary.shape)[0]
-        k0, k1, _ = cgutils.unpack_tuple(builder, k_ary.strides)
-        key = builder.gep(builder.bitcast(k_ary.data, I8.as_pointer()), [builder.add(builder.mul(p, k0), builder.mul(kvh, k1))])
-        key = builder.bitcast(key, F32.as_pointer())                                   # k[p, kvh, :]
+        hd = cgutils.unpack_tuple(builder, context.make_array(qt_ty)(context, builder, qt).shape)[0]
+        key = _kv_row(context, builder, k_ty, k, p, kvh)                                # k[p, kvh, :]
         accs = [cgutils.alloca_once_value(builder, ir.Constant(LANES16, None)) for _ in range(4)]
         with cgutils.for_range(builder, builder.udiv(hd, ir.Constant(hd.type, 4))) as loop:
             for m in range(4):
                 j = builder.add(builder.mul(loop.index, ir.Constant(hd.type, 4)), ir.Constant(hd.type, m))
                 q_row = builder.load(_row16(context, builder, qt_ty, qt, j), align=4)
-                k_j = _splat(builder, builder.load(builder.gep(key, [j])), 16)
+                k_j = _splat(builder, key(j), 16)
                 builder.store(_call_intrinsic(builder, "llvm.fma.v16f32", LANES16, [q_row, k_j, builder.load(accs[m])]),
                               accs[m])
         total = builder.fadd(builder.fadd(builder.load(accs[0]), builder.load(accs[1])),

@@ -48,8 +48,8 @@ class NumpyBackend:
         return reference.rope_angles(positions, rope_dim, base)
 
     def store_kv(self, dst, values):
-        """dst = values (n, heads, head_dim) at the cache's precision: f16, as llama.cpp's default."""
-        dst[:] = values.astype(np.float16)
+        """dst (uint16) = values (n, heads, head_dim) as halves: the cache's type, llama.cpp's default."""
+        dst[:] = values.astype(np.float16).view(np.uint16)
 
     def rope(self, x, angles, neox):
         """In place: x (n, heads, head_dim) rotated by angles from rope_angles."""
@@ -57,12 +57,17 @@ class NumpyBackend:
         return x
 
     def attention(self, q, k, v, start, out):
-        out[:] = reference.attention(q, k, v, start)
+        out[:] = reference.attention(q, _floats(k), _floats(v), start)
         return out
 
     def swiglu(self, gate, up, out):
         out[:] = reference.swiglu(gate, up)
         return out
+
+
+def _floats(cache: np.ndarray) -> np.ndarray:
+    """KV cache rows (uint16 halves) as float32."""
+    return cache.view(np.float16).astype(np.float32) if cache.dtype == np.uint16 else cache
 
 
 class Prepared:
@@ -133,6 +138,8 @@ class NumbaBackend(NumpyBackend):
 
     def attention(self, q, k, v, start, out):
         if q.shape[0] >= self.ops.QUERY_BLOCK and q.shape[2] % 8 == 0:  # a prompt: 16 queries at a time
+            if k.dtype == np.uint16:  # the cache's halves as floats once, not at every use
+                k, v = self._as_floats(k, 0), self._as_floats(v, 1)
             self.ops.attention_blocked(q, k, v, start, self._blocked_scratch(q.shape[2]), out)
         else:
             self.ops.attention(q, k, v, start, self._scores, out)
@@ -146,7 +153,7 @@ class NumbaBackend(NumpyBackend):
         self.n_batch = n_batch
         self._q8 = {}                                                # width -> Q8Activations
         self._scores = np.empty((n_heads, n_ctx), np.float32)        # (heads, n_ctx)
-        self._n_ctx, self._attention_scratch = n_ctx, None
+        self._n_ctx, self._attention_scratch, self._kv_floats = n_ctx, None, None
         self._rope_cos = np.empty((n_batch, rope_dim // 2), np.float32)
         self._rope_sin = np.empty((n_batch, rope_dim // 2), np.float32)
 
@@ -158,6 +165,15 @@ class NumbaBackend(NumpyBackend):
         if self._attention_scratch is None or self._attention_scratch.shape[0] < threads:
             self._attention_scratch = self.ops.attention_scratch(threads, self._n_ctx, head_dim)
         return self._attention_scratch
+
+    def _as_floats(self, halves: np.ndarray, which: int) -> np.ndarray:
+        """One layer's keys (which=0) or values (1) from the cache as float32, in scratch made at the
+        first prompt: (n_ctx, n_head_kv, head_dim) each."""
+        if self._kv_floats is None:
+            self._kv_floats = tuple(np.empty((self._n_ctx,) + halves.shape[1:], np.float32) for _ in range(2))
+        floats = self._kv_floats[which][: halves.shape[0]]
+        self.ops.halves_to_floats(halves, floats)
+        return floats
 
 
 BACKENDS = {"numpy": NumpyBackend, "numba": NumbaBackend}

@@ -158,11 +158,28 @@ def test_attention_blocked(start, n):
     np.testing.assert_allclose(out, reference.attention(q, k[: start + n], v[: start + n], start), rtol=1e-4, atol=1e-5)
 
 
-def test_kv_values_are_stored_at_half_precision():
+def test_kv_values_are_stored_as_halves():
     x = np.random.default_rng(5).standard_normal((3, 2, 64)).astype(np.float32) * 100
-    out = np.empty_like(x)
+    out = np.empty(x.shape, np.uint16)
     ops.store_as_half(out, x)
-    np.testing.assert_array_equal(out, x.astype(np.float16).astype(np.float32))
+    np.testing.assert_array_equal(out, x.astype(np.float16).view(np.uint16))
+
+
+@pytest.mark.parametrize("start,n", [(0, 1), (30, 1), (0, 20), (9, 37)])
+def test_attention_over_a_half_cache(start, n):
+    """The cache holds halves (uint16 bits): both attention kernels read them."""
+    rng = np.random.default_rng(start + n)
+    q = rng.standard_normal((n, 9, 64)).astype(np.float32)
+    k, v = (rng.standard_normal((start + n, 3, 64)).astype(np.float16) for _ in range(2))
+    expect = reference.attention(q, k.astype(np.float32), v.astype(np.float32), start)
+    out = np.full_like(q, np.nan)
+    ops.attention(q, k.view(np.uint16), v.view(np.uint16), start, np.empty((9, start + n), np.float32), out)
+    np.testing.assert_allclose(out, expect, rtol=1e-4, atol=1e-5)
+    if n >= ops.QUERY_BLOCK:
+        out[:] = np.nan
+        ops.attention_blocked(q, k.view(np.uint16), v.view(np.uint16), start,
+                              ops.attention_scratch(numba.get_num_threads(), start + n, 64), out)
+        np.testing.assert_allclose(out, expect, rtol=1e-4, atol=1e-5)
 
 
 def test_rope_tables_as_llamacpp_computes_them():

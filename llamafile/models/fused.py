@@ -58,7 +58,7 @@ def decode_blocks(x, data, plan, attn_norm, ffn_norm, bias, has_bias, cache_k, c
     """Run one token (x: (1, n_embd), updated in place) through every block at position pos.
 
     plan: (offsets, rows, row_bytes, types), each (n_layer, 7) in MATRICES order;
-    bias: (bq, bk, bv) each (n_layer, dim); cache_k, cache_v: (n_layer, n_ctx, n_head_kv, head_dim).
+    bias: (bq, bk, bv) each (n_layer, dim); cache_k, cache_v: (n_layer, n_ctx, n_head_kv, head_dim), uint16 halves.
     """
     h, q, k, v, att, proj, gate, up, ffn, scores = buffers
     e8, a8, f8 = q8     # 8-bit activations (q, d, s, sum4) of width n_embd, q_dim, n_ff
@@ -76,7 +76,7 @@ def decode_blocks(x, data, plan, attn_norm, ffn_norm, bias, has_bias, cache_k, c
             v2[0] += bias[2][l]
         rope_serial(q, cos, sin, neox)
         rope_serial(k, cos, sin, neox)
-        store_as_half(cache_k[l, pos : pos + 1], k)   # f16 precision, as llama.cpp's cache
+        store_as_half(cache_k[l, pos : pos + 1], k)   # halves, as llama.cpp's cache
         store_as_half(cache_v[l, pos : pos + 1], v)
         attention(q, cache_k[l, : pos + 1], cache_v[l, : pos + 1], pos, scores, att3)
         quantize_q8_serial(att, *a8)

@@ -24,12 +24,12 @@ from ..config import ModelConfig
 @dataclass
 class KVCache:
     """Keys and values of every layer for one context, allocated once."""
-    k: np.ndarray  # (n_layer, n_ctx, n_head_kv, head_dim), values rounded to f16 (llama.cpp's default)
-    v: np.ndarray  # (n_layer, n_ctx, n_head_kv, head_dim)
+    k: np.ndarray  # (n_layer, n_ctx, n_head_kv, head_dim) uint16: f16 bits, as llama.cpp's default cache
+    v: np.ndarray  # (n_layer, n_ctx, n_head_kv, head_dim) uint16
     n_past: int = 0
 
     @classmethod
-    def allocate(cls, config: ModelConfig, n_ctx: int, dtype=np.float32) -> "KVCache":
+    def allocate(cls, config: ModelConfig, n_ctx: int, dtype=np.uint16) -> "KVCache":
         shape = (config.n_layer, n_ctx, config.n_head_kv, config.head_dim)
         return cls(np.zeros(shape, dtype), np.zeros(shape, dtype))
 
@@ -153,7 +153,7 @@ class Llama:
             _add_bias(q, b.bq), _add_bias(k, b.bk), _add_bias(v, b.bv)
             ops.rope(q, angles, self.rope_neox)
             ops.rope(k, angles, self.rope_neox)
-            ops.store_kv(cache.k[layer, start : start + n], k)     # at f16 precision, as llama.cpp's cache
+            ops.store_kv(cache.k[layer, start : start + n], k)     # as halves, as llama.cpp's cache
             ops.store_kv(cache.v[layer, start : start + n], v)
             ops.attention(q, cache.k[layer, : start + n], cache.v[layer, : start + n], start,
                           att.reshape(n, c.n_head, c.head_dim))
