@@ -61,12 +61,11 @@ quantize_q8_serial = njit(cache=True, error_model="numpy")(renamed(quantize_q8.p
 def _quant_matmul(fmt, R, T):
     @njit(cache=True, parallel=True)
     def matmul(w, xq, xd, xs, xsum4, out):
-        rows, n, nblk = w.shape[0], xq.shape[0], xd.shape[1]
+        rows, n = w.shape[0], xq.shape[0]
         if n < T:  # decoding: one row dot per output
             for tile_r in prange((rows + ROWS_PER_TILE - 1) // ROWS_PER_TILE):
-                for r in range(tile_r * ROWS_PER_TILE, min(rows, (tile_r + 1) * ROWS_PER_TILE)):
-                    for t in range(n):
-                        out[t, r] = _quant_dot(fmt, w[r], xq[t], xd[t], xs[t], xsum4[t], nblk)
+                _quant_dots(fmt, w, tile_r * ROWS_PER_TILE, min(rows, (tile_r + 1) * ROWS_PER_TILE), 0, n,
+                            xq, xd, xs, xsum4, out)
             return
         full_t = n - n % T
         for strip in prange((rows + R - 1) // R):  # a strip of R rows against every token
@@ -74,20 +73,16 @@ def _quant_matmul(fmt, R, T):
             if r0 + R <= rows:
                 for t0 in range(0, full_t, T):
                     _quant_tile(fmt, w, r0, xq, xd, xs, xsum4, t0, out)
-                for t in range(full_t, n):
-                    for r in range(r0, r0 + R):
-                        out[t, r] = _quant_dot(fmt, w[r], xq[t], xd[t], xs[t], xsum4[t], nblk)
+                _quant_dots(fmt, w, r0, r0 + R, full_t, n, xq, xd, xs, xsum4, out)
             else:
-                for r in range(r0, rows):
-                    for t in range(n):
-                        out[t, r] = _quant_dot(fmt, w[r], xq[t], xd[t], xs[t], xsum4[t], nblk)
+                _quant_dots(fmt, w, r0, rows, 0, n, xq, xd, xs, xsum4, out)
     return matmul
 
 
 def _panel_matmul(fmt, R, G):
     @njit(cache=True, parallel=True)
     def matmul(w, xq, xd, xs, xsum4, xpanel, upanel, dpanel, spanel, sumpanel, out):
-        rows, n, nblk = w.shape[0], xq.shape[0], xd.shape[1]
+        rows, n = w.shape[0], xq.shape[0]
         groups = xpanel.shape[0]                 # a multiple of G, covering n tokens
         for strip in prange((rows + R - 1) // R):  # a strip of R rows against every group of tokens
             r0 = strip * R
@@ -95,9 +90,7 @@ def _panel_matmul(fmt, R, G):
                 for g0 in range(0, groups, G):
                     _panel_tile(fmt, w, r0, xpanel, upanel, dpanel, spanel, sumpanel, g0, out, n)
             else:
-                for r in range(r0, rows):
-                    for t in range(n):
-                        out[t, r] = _quant_dot(fmt, w[r], xq[t], xd[t], xs[t], xsum4[t], nblk)
+                _quant_dots(fmt, w, r0, rows, 0, n, xq, xd, xs, xsum4, out)
     return matmul
 
 
@@ -141,6 +134,14 @@ def _quant_dot(fmt, w, xq, xd, xs, xsum4, nblk):
     if fmt == Q4_0:
         return simd.dot_q4_0(w, xq, xd, xs, xsum4, nblk)
     return simd.dot_q4_1(w, xq, xd, xs, xsum4, nblk)
+
+
+@njit(cache=True, inline="always")
+def _quant_dots(fmt, w, r_first, r_end, t_first, t_end, xq, xd, xs, xsum4, out):
+    """out[t, r] one row dot at a time, for rows r_first..r_end-1 and tokens t_first..t_end-1."""
+    for r in range(r_first, r_end):
+        for t in range(t_first, t_end):
+            out[t, r] = _quant_dot(fmt, w[r], xq[t], xd[t], xs[t], xsum4[t], xd.shape[1])
 
 
 @njit(cache=True, inline="always")

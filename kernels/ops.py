@@ -12,7 +12,7 @@ import numpy as np
 from numba import njit, prange
 
 from . import simd
-from .simd import int_bits_to_float
+from .simd import exp
 
 SERIAL_BELOW = 4  # rows: fewer than this run on the calling thread (a parallel region costs microseconds)
 
@@ -25,23 +25,6 @@ def renamed(func, suffix: str):
     twin.__qualname__ = func.__qualname__ + suffix
     twin.__doc__ = func.__doc__
     return twin
-
-
-@njit(cache=True, inline="always")
-def exp(x):
-    """e^x in float32 for x in [-87, 88.3] (clamped outside): Cephes' expf, ~1 ulp. Plain arithmetic,
-    so loops calling it vectorise (libm's exp does not, and cost most of softmax and SwiGLU)."""
-    x = min(max(x, np.float32(-87.0)), np.float32(88.3))
-    n = np.floor(x * np.float32(1.4426950408889634) + np.float32(0.5))        # round(x / ln 2)
-    r = x - n * np.float32(0.693359375) + n * np.float32(2.12194440e-4)        # x - n ln 2, in two parts
-    p = np.float32(1.9875691500e-4)
-    p = p * r + np.float32(1.3981999507e-3)
-    p = p * r + np.float32(8.3334519073e-3)
-    p = p * r + np.float32(4.1665795894e-2)
-    p = p * r + np.float32(1.6666665459e-1)
-    p = p * r + np.float32(5.0000001201e-1)
-    y = p * r * r + r + np.float32(1.0)
-    return y * int_bits_to_float((np.int32(n) + np.int32(127)) << np.int32(23))  # y * 2^n
 
 
 def _rowwise(fastmath=False):

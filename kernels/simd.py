@@ -404,14 +404,6 @@ def half_to_float(typingctx, bits):
 
 
 @intrinsic
-def int_bits_to_float(typingctx, bits):
-    """int32 -> the float32 with those bits."""
-    def codegen(context, builder, sig, args):
-        return builder.bitcast(args[0], F32)
-    return types.float32(types.int32), codegen
-
-
-@intrinsic
 def as_float(typingctx, x):
     """A float32 as it is, or uint16 half bits (the KV cache) converted: one kernel for both."""
     if x == types.uint16:
@@ -525,8 +517,11 @@ def _quant_tile(fmt, R, T):
     return intrinsic(typer)
 
 
-def _float_tile(load_chunk, bytes_per_weight, R, T, lanes):
-    """Intrinsic tile(w, r0, x, t0, out): out[t0:t0+T, r0:r0+R] for a float format, k a multiple of lanes."""
+def _tile(R, T, step, lanes, load_w, load_x, multiply_add):
+    """Intrinsic tile(w, r0, x, t0, out): out[t0:t0+T, r0:r0+R] for float32 activations x, k a
+    multiple of step. Each step loads R rows' weights (load_w(builder, row, i)) and T tokens'
+    activations (load_x(builder, x_row, i)) once and forms all R*T products from registers,
+    accumulators of <lanes x float> (multiply_add(builder, acc, w, x))."""
     def codegen(context, builder, sig, args):
         w, r0, x, t0, out = args
         w_ty, _, x_ty, _, out_ty = sig.args
@@ -535,16 +530,12 @@ def _float_tile(load_chunk, bytes_per_weight, R, T, lanes):
         x_rows = [builder.bitcast(p, F32.as_pointer()) for p in _row_pointers(context, builder, x_ty, x, t0, T)]
         accs = [[cgutils.alloca_once_value(builder, ir.Constant(vec(F32, lanes), None)) for _ in range(T)]
                 for _ in range(R)]
-        with cgutils.for_range(builder, builder.udiv(k, ir.Constant(k.type, lanes))) as loop:
-            i = loop.index
-            wv = [load_chunk(builder, builder.gep(row, [builder.mul(i, ir.Constant(i.type, lanes * bytes_per_weight))]),
-                             lanes) for row in rows]
-            xv = [_load_vec(builder, p, i, lanes, vec(F32, lanes)) for p in x_rows]
+        with cgutils.for_range(builder, builder.udiv(k, ir.Constant(k.type, step))) as loop:
+            wv = [load_w(builder, row, loop.index) for row in rows]
+            xv = [load_x(builder, p, loop.index) for p in x_rows]
             for r in range(R):
                 for t in range(T):
-                    acc = _call_intrinsic(builder, f"llvm.fmuladd.v{lanes}f32", vec(F32, lanes),
-                                          [wv[r], xv[t], builder.load(accs[r][t])])
-                    builder.store(acc, accs[r][t])
+                    builder.store(multiply_add(builder, builder.load(accs[r][t]), wv[r], xv[t]), accs[r][t])
         for r in range(R):
             for t in range(T):
                 _store_out(context, builder, out_ty, out, builder.add(t0, ir.Constant(t0.type, t)),
@@ -554,6 +545,20 @@ def _float_tile(load_chunk, bytes_per_weight, R, T, lanes):
     def typer(typingctx, w, r0, x, t0, out):
         return types.none(w, types.intp, x, types.intp, out), codegen
     return intrinsic(typer)
+
+
+def _float_tile(load_chunk, bytes_per_weight, R, T, lanes):
+    """The tile of a float format: lanes weights per step, converted to float32, fused multiply-adds."""
+    def load_w(builder, row, i):
+        return load_chunk(builder, builder.gep(row, [builder.mul(i, ir.Constant(i.type, lanes * bytes_per_weight))]),
+                          lanes)
+
+    def load_x(builder, x_row, i):
+        return _load_vec(builder, x_row, i, lanes, vec(F32, lanes))
+
+    def fmuladd(builder, acc, wv, xv):
+        return _call_intrinsic(builder, f"llvm.fmuladd.v{lanes}f32", vec(F32, lanes), [wv, xv, acc])
+    return _tile(R, T, lanes, lanes, load_w, load_x, fmuladd)
 
 
 def _load_f32xn(builder, p, n):
@@ -618,30 +623,8 @@ def _dpbf16(builder, acc, w, x):
 
 
 def _bf16_tile(R, T):
-    """tile_bf16(w, r0, x, t0, out) with vdpbf16ps: R rows x T tokens, k a multiple of 32."""
-    def codegen(context, builder, sig, args):
-        w, r0, x, t0, out = args
-        w_ty, _, x_ty, _, out_ty = sig.args
-        k = cgutils.unpack_tuple(builder, context.make_array(x_ty)(context, builder, x).shape)[1]
-        rows = _row_pointers(context, builder, w_ty, w, r0, R)
-        x_rows = [builder.bitcast(p, F32.as_pointer()) for p in _row_pointers(context, builder, x_ty, x, t0, T)]
-        accs = [[cgutils.alloca_once_value(builder, ir.Constant(vec(F32, 16), None)) for _ in range(T)] for _ in range(R)]
-        with cgutils.for_range(builder, builder.udiv(k, ir.Constant(k.type, 32))) as loop:
-            i = loop.index
-            wv = [_load_vec(builder, row, i, 64, vec(BF, 32)) for row in rows]
-            xv = [_x_as_bf16(builder, p, i) for p in x_rows]
-            for r in range(R):
-                for t in range(T):
-                    builder.store(_dpbf16(builder, builder.load(accs[r][t]), wv[r], xv[t]), accs[r][t])
-        for r in range(R):
-            for t in range(T):
-                _store_out(context, builder, out_ty, out, builder.add(t0, ir.Constant(t0.type, t)),
-                           builder.add(r0, ir.Constant(r0.type, r)), _reduce_fadd(builder, builder.load(accs[r][t])))
-        return context.get_dummy_value()
-
-    def typer(typingctx, w, r0, x, t0, out):
-        return types.none(w, types.intp, x, types.intp, out), codegen
-    return intrinsic(typer)
+    """tile_bf16(w, r0, x, t0, out) with vdpbf16ps: R rows x T tokens, 32 weights per step."""
+    return _tile(R, T, 32, 16, lambda builder, row, i: _load_vec(builder, row, i, 64, vec(BF, 32)), _x_as_bf16, _dpbf16)
 
 
 BF16_TILE = (4, 4) if cpu.has("bf16") else FLOAT_TILE
@@ -666,20 +649,31 @@ def _row16(context, builder, aty, arr, row):
     return builder.bitcast(p, LANES16.as_pointer())
 
 
-def _exp16(builder, x):
-    """kernels.ops.exp on 16 lanes (Cephes' expf)."""
-    c = lambda value: _const(LANES16, value)  # noqa: E731
+def _exp(builder, x):
+    """e^x for a float or a float vector, x in [-87, 88.3] (clamped outside): Cephes' expf, within
+    1.4 ulp. Plain arithmetic, so loops calling it vectorise (libm's exp does not)."""
+    c = lambda value: _const(x.type, value)  # noqa: E731
+    lanes = f"v{x.type.count}" if isinstance(x.type, ir.VectorType) else ""
     x = builder.select(builder.fcmp_ordered("<", x, c(-87.0)), c(-87.0), x)
     x = builder.select(builder.fcmp_ordered(">", x, c(88.3)), c(88.3), x)
-    n = _call_intrinsic(builder, "llvm.floor.v16f32", LANES16,
+    n = _call_intrinsic(builder, f"llvm.floor.{lanes}f32", x.type,                     # round(x / ln 2)
                         [builder.fadd(builder.fmul(x, c(1.4426950408889634)), c(0.5))])
     r = builder.fadd(builder.fsub(x, builder.fmul(n, c(0.693359375))), builder.fmul(n, c(2.12194440e-4)))
     p = c(1.9875691500e-4)
     for coefficient in (1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1):
         p = builder.fadd(builder.fmul(p, r), c(coefficient))
     y = builder.fadd(builder.fadd(builder.fmul(builder.fmul(p, r), r), r), c(1.0))
-    exponent = builder.add(builder.fptosi(n, vec(I32, 16)), _const(vec(I32, 16), 127))
-    return builder.fmul(y, builder.bitcast(builder.shl(exponent, _const(vec(I32, 16), 23)), LANES16))
+    int_t = vec(I32, x.type.count) if lanes else I32
+    exponent = builder.add(builder.fptosi(n, int_t), _const(int_t, 127))
+    return builder.fmul(y, builder.bitcast(builder.shl(exponent, _const(int_t, 23)), x.type))  # y * 2^n
+
+
+@intrinsic
+def exp(typingctx, x):
+    """e^x in float32 (see _exp): softmax and SwiGLU."""
+    def codegen(context, builder, sig, args):
+        return _exp(builder, args[0])
+    return types.float32(types.float32), codegen
 
 
 @intrinsic
@@ -702,7 +696,7 @@ def rows_softmax(typingctx, s, keys, first, total):
         sums = cgutils.alloca_once_value(builder, ir.Constant(LANES16, None))
         with cgutils.for_range(builder, keys) as loop:
             ptr = _row16(context, builder, sig.args[0], s, loop.index)
-            e = _exp16(builder, builder.fsub(builder.load(ptr, align=4), builder.load(top)))
+            e = _exp(builder, builder.fsub(builder.load(ptr, align=4), builder.load(top)))
             e = builder.select(visible(loop.index), e, ir.Constant(LANES16, None))
             builder.store(e, ptr, align=4)
             builder.store(builder.fadd(builder.load(sums), e), sums)
