@@ -2,7 +2,9 @@
 
     out[t, r] = sum_k W[r, k] * x[t, k]      W: (rows, row_bytes) raw blocks, x: (n, k), out: (n, rows)
 
-One driver, specialised per format by the row dot it calls (kernels.simd). Threads split the
+One driver per kind (quantised, VNNI panels, float), specialised per format by the row dot and tiles
+it calls: kernels.quant builds them from the format's decoder (kernels.blocks), kernels.simd has the
+float ones. Every path reaches a format through the registries below, keyed by GGML type. Threads split the
 rows into fixed tiles; every output element is summed by one thread in a fixed order, so the
 result does not depend on the thread count. Quantised formats first quantise x to 8 bits per
 block of 32 (`quantize_q8`, as llama.cpp does) and multiply in integers.
@@ -13,9 +15,13 @@ from __future__ import annotations
 
 import numpy as np
 from gguf import GGMLQuantizationType as T
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core import errors
+from numba.extending import intrinsic, overload
 
-from . import panels, simd
+from . import panels, quant, simd
+from .blocks import FORMATS
 from .ops import renamed
 
 ROWS_PER_TILE = 16  # rows one thread takes at a time: the tile's weights stay in L1 across tokens
@@ -58,13 +64,13 @@ def quantize_q8(x, xq, xd, xs, xsum4):
 quantize_q8_serial = njit(cache=True, error_model="numpy")(renamed(quantize_q8.py_func, "_serial"))
 
 
-def _quant_matmul(fmt, R, T):
+def _quant_matmul(code, R, T):
     @njit(cache=True, parallel=True)
     def matmul(w, xq, xd, xs, xsum4, out):
         rows, n = w.shape[0], xq.shape[0]
         if n < T:  # decoding: one row dot per output
             for tile_r in prange((rows + ROWS_PER_TILE - 1) // ROWS_PER_TILE):
-                _quant_dots(fmt, w, tile_r * ROWS_PER_TILE, min(rows, (tile_r + 1) * ROWS_PER_TILE), 0, n,
+                _quant_dots(code, w, tile_r * ROWS_PER_TILE, min(rows, (tile_r + 1) * ROWS_PER_TILE), 0, n,
                             xq, xd, xs, xsum4, out)
             return
         full_t = n - n % T
@@ -72,14 +78,14 @@ def _quant_matmul(fmt, R, T):
             r0 = strip * R
             if r0 + R <= rows:
                 for t0 in range(0, full_t, T):
-                    _quant_tile(fmt, w, r0, xq, xd, xs, xsum4, t0, out)
-                _quant_dots(fmt, w, r0, r0 + R, full_t, n, xq, xd, xs, xsum4, out)
+                    _quant_tile(code, w, r0, xq, xd, xs, xsum4, t0, out)
+                _quant_dots(code, w, r0, r0 + R, full_t, n, xq, xd, xs, xsum4, out)
             else:
-                _quant_dots(fmt, w, r0, rows, 0, n, xq, xd, xs, xsum4, out)
+                _quant_dots(code, w, r0, rows, 0, n, xq, xd, xs, xsum4, out)
     return matmul
 
 
-def _panel_matmul(fmt, R, G):
+def _panel_matmul(code, R, G):
     @njit(cache=True, parallel=True)
     def matmul(w, xq, xd, xs, xsum4, xpanel, upanel, dpanel, spanel, sumpanel, out):
         rows, n = w.shape[0], xq.shape[0]
@@ -88,13 +94,13 @@ def _panel_matmul(fmt, R, G):
             r0 = strip * R
             if r0 + R <= rows:
                 for g0 in range(0, groups, G):
-                    _panel_tile(fmt, w, r0, xpanel, upanel, dpanel, spanel, sumpanel, g0, out, n)
+                    _panel_tile(code, w, r0, xpanel, upanel, dpanel, spanel, sumpanel, g0, out, n)
             else:
-                _quant_dots(fmt, w, r0, rows, 0, n, xq, xd, xs, xsum4, out)
+                _quant_dots(code, w, r0, rows, 0, n, xq, xd, xs, xsum4, out)
     return matmul
 
 
-def _float_matmul(fmt, R, T):
+def _float_matmul(code, R, T):
     @njit(cache=True, parallel=True)
     def matmul(w, x, out):
         rows, n, chunks = w.shape[0], x.shape[0], x.shape[1] // 32
@@ -102,99 +108,74 @@ def _float_matmul(fmt, R, T):
             for tile_r in prange((rows + ROWS_PER_TILE - 1) // ROWS_PER_TILE):
                 for r in range(tile_r * ROWS_PER_TILE, min(rows, (tile_r + 1) * ROWS_PER_TILE)):
                     for t in range(n):
-                        out[t, r] = _float_dot(fmt, w[r], x[t], chunks)
+                        out[t, r] = _float_dot(code, w[r], x[t], chunks)
             return
         full_t = n - n % T
         for strip in prange((rows + R - 1) // R):
             r0 = strip * R
             if r0 + R <= rows:
                 for t0 in range(0, full_t, T):
-                    _float_tile(fmt, w, r0, x, t0, out)
+                    _float_tile(code, w, r0, x, t0, out)
                 for t in range(full_t, n):
                     for r in range(r0, r0 + R):
-                        out[t, r] = _float_dot(fmt, w[r], x[t], chunks)
+                        out[t, r] = _float_dot(code, w[r], x[t], chunks)
             else:
                 for r in range(r0, rows):
                     for t in range(n):
-                        out[t, r] = _float_dot(fmt, w[r], x[t], chunks)
+                        out[t, r] = _float_dot(code, w[r], x[t], chunks)
     return matmul
 
 
-# Each format's row dot and tile, chosen by a small integer code. The drivers above close over
-# that code (not over the functions): Numba's cache keys a closure by its captured values, and
-# an int hashes the same in every process, so every format's kernel loads from the cache.
-Q8_0, Q4_0, Q4_1 = 0, 1, 2
-F32, F16, BF16 = 0, 1, 2
+# The drivers above close over a format's GGML type id (an int, not its functions: Numba's cache
+# keys a closure by its captured values, and an int hashes the same in every process) and reach
+# the format's row dot and tiles through the dispatch intrinsics below, built from the registry
+# kernels.blocks.FORMATS (quantised) and FLOATS (float formats).
+FLOATS = {T.F32: (simd.dot_f32, simd.tile_f32), T.F16: (simd.dot_f16, simd.tile_f16),
+          T.BF16: (simd.dot_bf16, simd.tile_bf16)}
+QUANT_DOTS = {t: quant.row_dot(fmt) for t, fmt in FORMATS.items()}
+QUANT_TILES = {t: quant.tile(fmt) for t, fmt in FORMATS.items()}
+
+
+def _by_type(kernels: dict, what: str):
+    """A jittable f(code, *args) calling kernels[code](*args). code must be a compile-time constant
+    (the drivers' closure value), so only that format's kernel is compiled into the caller."""
+    def stub(code, *args):
+        raise NotImplementedError(what)
+
+    @overload(stub)
+    def typed(code, *args):
+        if not isinstance(code, types.IntegerLiteral):
+            return None  # Numba then retries with the literal
+        kernel = kernels[T(code.literal_value)]
+        return lambda code, *args: kernel(*args)
+    return stub
+
+
+_quant_dot = _by_type(QUANT_DOTS, "quantised row dot")
+_quant_tile = _by_type(QUANT_TILES, "quantised tile")
+_panel_tile = _by_type(panels.TILES, "panel tile")
+_float_dot = _by_type({t: dot for t, (dot, _) in FLOATS.items()}, "float row dot")
+_float_tile = _by_type({t: tile for t, (_, tile) in FLOATS.items()}, "float tile")
 
 
 @njit(cache=True, inline="always")
-def _quant_dot(fmt, w, xq, xd, xs, xsum4, nblk):
-    if fmt == Q8_0:
-        return simd.dot_q8_0(w, xq, xd, xs, xsum4, nblk)
-    if fmt == Q4_0:
-        return simd.dot_q4_0(w, xq, xd, xs, xsum4, nblk)
-    return simd.dot_q4_1(w, xq, xd, xs, xsum4, nblk)
-
-
-@njit(cache=True, inline="always")
-def _quant_dots(fmt, w, r_first, r_end, t_first, t_end, xq, xd, xs, xsum4, out):
+def _quant_dots(code, w, r_first, r_end, t_first, t_end, xq, xd, xs, xsum4, out):
     """out[t, r] one row dot at a time, for rows r_first..r_end-1 and tokens t_first..t_end-1."""
     for r in range(r_first, r_end):
         for t in range(t_first, t_end):
-            out[t, r] = _quant_dot(fmt, w[r], xq[t], xd[t], xs[t], xsum4[t], xd.shape[1])
+            out[t, r] = _quant_dot(code, w[r], xq[t], xd[t], xs[t], xsum4[t], xd.shape[1])
 
 
-@njit(cache=True, inline="always")
-def _quant_tile(fmt, w, r0, xq, xd, xs, xsum4, t0, out):
-    if fmt == Q8_0:
-        simd.tile_q8_0(w, r0, xq, xd, xs, xsum4, t0, out)
-    elif fmt == Q4_0:
-        simd.tile_q4_0(w, r0, xq, xd, xs, xsum4, t0, out)
-    else:
-        simd.tile_q4_1(w, r0, xq, xd, xs, xsum4, t0, out)
-
-
-@njit(cache=True, inline="always")
-def _panel_tile(fmt, w, r0, xpanel, upanel, dpanel, spanel, sumpanel, g0, out, n):
-    if fmt == Q8_0:
-        panels.tile_q8_0(w, r0, xpanel, upanel, dpanel, spanel, sumpanel, g0, out, n)
-    elif fmt == Q4_0:
-        panels.tile_q4_0(w, r0, xpanel, upanel, dpanel, spanel, sumpanel, g0, out, n)
-    else:
-        panels.tile_q4_1(w, r0, xpanel, upanel, dpanel, spanel, sumpanel, g0, out, n)
-
-
-@njit(cache=True, inline="always")
-def _float_dot(fmt, w, x, chunks):
-    if fmt == F32:
-        return simd.dot_f32(w, x, chunks)
-    if fmt == F16:
-        return simd.dot_f16(w, x, chunks)
-    return simd.dot_bf16(w, x, chunks)
-
-
-@njit(cache=True, inline="always")
-def _float_tile(fmt, w, r0, x, t0, out):
-    if fmt == F32:
-        simd.tile_f32(w, r0, x, t0, out)
-    elif fmt == F16:
-        simd.tile_f16(w, r0, x, t0, out)
-    else:
-        simd.tile_bf16(w, r0, x, t0, out)
-
-
-QUANT_MATMUL = {T.Q8_0: _quant_matmul(Q8_0, *simd.QUANT_TILE),
-                T.Q4_0: _quant_matmul(Q4_0, *simd.QUANT_TILE),
-                T.Q4_1: _quant_matmul(Q4_1, *simd.QUANT_TILE)}
-FLOAT_MATMUL = {T.F32: _float_matmul(F32, *simd.FLOAT_TILE),
-                T.F16: _float_matmul(F16, *simd.FLOAT_TILE),
-                T.BF16: _float_matmul(BF16, *simd.BF16_TILE)}
-PANEL_MATMUL = {T.Q8_0: _panel_matmul(Q8_0, panels.ROWS, panels.GROUPS),
-                T.Q4_0: _panel_matmul(Q4_0, panels.ROWS, panels.GROUPS),
-                T.Q4_1: _panel_matmul(Q4_1, panels.ROWS, panels.GROUPS)}
-matmul_q8_0, matmul_q4_0, matmul_q4_1 = (QUANT_MATMUL[t] for t in (T.Q8_0, T.Q4_0, T.Q4_1))
-matmul_f32, matmul_f16, matmul_bf16 = (FLOAT_MATMUL[t] for t in (T.F32, T.F16, T.BF16))
+QUANT_MATMUL = {t: _quant_matmul(int(t), *quant.TILE) for t in FORMATS}
+FLOAT_MATMUL = {T.F32: _float_matmul(int(T.F32), *simd.FLOAT_TILE), T.F16: _float_matmul(int(T.F16), *simd.FLOAT_TILE),
+                T.BF16: _float_matmul(int(T.BF16), *simd.BF16_TILE)}
+PANEL_MATMUL = {t: _panel_matmul(int(t), panels.ROWS, panels.GROUPS) for t in panels.TILES}
 SUPPORTED = frozenset(QUANT_MATMUL) | frozenset(FLOAT_MATMUL)
+
+
+def block_weights(qtype: T) -> int:
+    """Weights per block: a kernel's row must be a whole number of them (and of 32)."""
+    return FORMATS[qtype].weights if qtype in FORMATS else 32
 
 
 class Q8Activations:
@@ -215,7 +196,7 @@ class Q8Activations:
                             np.empty((groups, k // 4, panels.LANES), np.int32),     # upanel
                             np.empty((groups, k // 32, panels.LANES), np.float32),  # dpanel
                             np.empty((groups, k // 32, panels.LANES), np.float32),  # spanel
-                            np.empty((groups, k // 32, panels.LANES), np.int32))    # sumpanel
+                            np.empty((groups, k // 16, panels.LANES), np.int32))    # sumpanel: per 16
         self.panels = None  # the last fill's panels, or None
 
     def fill(self, x: np.ndarray):
@@ -253,3 +234,38 @@ def matmul(qtype: T, w: np.ndarray, x: np.ndarray, out: np.ndarray, q8: Q8Activa
     q8 = q8 or Q8Activations(x.shape[0], x.shape[1])
     parts = q8.fill(x)
     return quant_matmul(qtype, w, parts, q8.panels, out)
+
+
+def types_mask(qtypes) -> int:
+    """The set of GGML types a caller of `matvec` may meet, as one int (a compile-time constant there)."""
+    return sum(1 << int(t) for t in set(qtypes))
+
+
+@intrinsic(prefer_literal=True)
+def matvec(typingctx, mask, code, w, x, xq, xd, xs, xsum4, out):
+    """out (1, rows) = W x for weight rows w of GGML type `code`, known only at run time (a model's
+    per-matrix types), among the types in `mask` (types_mask, a constant): a switch over their drivers,
+    so a caller compiles only the formats its model has. Quantised types read x's 8-bit form."""
+    if not isinstance(mask, types.IntegerLiteral):
+        raise errors.TypingError("matvec: the types mask must be a compile-time constant")
+    cases = []
+    for t in sorted(SUPPORTED):
+        if mask.literal_value >> int(t) & 1:
+            driver = QUANT_MATMUL.get(t) or FLOAT_MATMUL[t]
+            args = (w, xq, xd, xs, xsum4, out) if t in QUANT_MATMUL else (w, x, out)
+            fnty = typingctx.resolve_value_type(driver)
+            cases.append((t, fnty, typingctx.resolve_function_type(fnty, args, {}), t in QUANT_MATMUL))
+
+    def codegen(context, builder, sig, llargs):
+        _, code_v, w_v, x_v, xq_v, xd_v, xs_v, sum4_v, out_v = llargs
+        done = builder.append_basic_block("matvec_done")
+        switch = builder.switch(code_v, done)
+        for t, fnty, s, quantised in cases:
+            case = builder.append_basic_block(f"matvec_{t.name}")
+            switch.add_case(ir.Constant(code_v.type, int(t)), case)
+            builder.position_at_end(case)
+            context.get_function(fnty, s)(builder, (w_v, xq_v, xd_v, xs_v, sum4_v, out_v) if quantised else (w_v, x_v, out_v))
+            builder.branch(done)
+        builder.position_at_end(done)
+        return context.get_dummy_value()
+    return types.none(mask, code, w, x, xq, xd, xs, xsum4, out), codegen

@@ -10,11 +10,14 @@ it once per matmul input, 16 tokens to a group; the weights are read in place, a
     xpanel[g, j, t] = xq[16g + t, 4j : 4j + 4] as one int32           (groups, k/4, 16)
     upanel          = xpanel with every byte + 128 (unsigned)          (groups, k/4, 16)
     dpanel[g, b, t] = xd[16g + t, b]; spanel likewise from xs          (groups, k/32, 16)
-    sumpanel[g, b, t] = sum(xq[16g + t, 32b : 32b + 32])               (groups, k/32, 16)
+    sumpanel[g, h, t] = sum(xq[16g + t, 16h : 16h + 16])               (groups, k/16, 16)
 
-vpdpbusd multiplies unsigned by signed bytes. 4-bit quants (0..15) are the unsigned side
-and Q4_0's -8 starts the sum at -8 * sumpanel. Q8_0's quants are signed, so the activations
-shifted by 128 are the unsigned side and the sum starts at -128 * sum(w) for the block.
+Every format goes through one tile, built from its decoder (kernels.blocks): a chunk of 32
+quants is decoded once per row, and each of its 8 words of 4 weights is broadcast to the lanes.
+vpdpbusd multiplies unsigned by signed bytes. Unsigned quants (4-bit, 5-bit, K-quants) are the
+unsigned side, and a format's offset (Q4_0's 8) starts the sum at -offset * sumpanel. Signed
+quants (Q8_0, IQ4) are the signed side against the activations shifted by 128, and the sum starts
+at -128 * sum(w). Formats with 16-weight sub-blocks keep the two halves of a chunk apart.
 
 The numpy definition is the same as for kernels.matmul: x @ dequantize(W).T.
 """
@@ -27,8 +30,8 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from . import cpu
-from .simd import (F32, I8, I16, I32, Q4_0_BLOCKS, Q4_1_BLOCKS, Q8_0_BLOCKS, _call_intrinsic, _const, _load_at,
-                   _row_pointers, _splat, _store_out, half_bits_to_float, vec)
+from .blocks import FORMATS
+from .simd import F32, I8, I32, _call_intrinsic, _const, _row_pointers, _splat, _store_out, vec
 
 AVAILABLE = cpu.has("vnni")
 LANES = 16         # tokens per group: one int32 lane each in a 512-bit register
@@ -53,15 +56,11 @@ def pack(xq, xd, xs, xpanel, upanel, dpanel, spanel, sumpanel):
         for b in range(k // 32):
             dpanel[g, b, lane] = xd[t, b]
             spanel[g, b, lane] = xs[t, b]
+        for h in range(k // 16):
             total = np.int32(0)
-            for j in range(32 * b, 32 * b + 32):
+            for j in range(16 * h, 16 * h + 16):
                 total += xq[t, j]
-            sumpanel[g, b, lane] = total
-
-
-def _splat_load(builder, ptr, offset, elt):
-    """The elt at byte ptr + offset, in every lane of a <16 x elt>."""
-    return _splat(builder, _load_at(builder, ptr, offset, elt), LANES)
+            sumpanel[g, h, lane] = total
 
 
 def _lane_vector(builder, base, index, elt):
@@ -77,78 +76,27 @@ def _vpdpbusd(builder, acc, unsigned, signed):
 def _panel_tile(fmt, R, G):
     """Intrinsic tile(w, r0, xpanel, upanel, dpanel, spanel, sumpanel, g0, out, n):
     out[16*g0 : 16*(g0+G), r0 : r0+R] (tokens past n are not stored)."""
-
     def codegen(context, builder, sig, args):
         w, r0, xp, up, dp, sp, sump, g0, out, n = args
         w_ty, _, xp_ty, up_ty, dp_ty, sp_ty, sump_ty, _, out_ty, _ = sig.args
-        nblk = cgutils.unpack_tuple(builder, context.make_array(dp_ty)(context, builder, dp).shape)[1]
+        n_chunks = cgutils.unpack_tuple(builder, context.make_array(dp_ty)(context, builder, dp).shape)[1]
         rows = _row_pointers(context, builder, w_ty, w, r0, R)
-        x_groups = _row_pointers(context, builder, up_ty if fmt is Q8_0_BLOCKS else xp_ty,
-                                 up if fmt is Q8_0_BLOCKS else xp, g0, G)          # (k/4, 16) int32 each
+        x_groups = _row_pointers(context, builder, up_ty if fmt.signed else xp_ty, up if fmt.signed else xp, g0, G)
         d_groups = _row_pointers(context, builder, dp_ty, dp, g0, G)            # (k/32, 16) float32 each
         s_groups = _row_pointers(context, builder, sp_ty, sp, g0, G)
-        sum_groups = _row_pointers(context, builder, sump_ty, sump, g0, G)
+        sum_groups = _row_pointers(context, builder, sump_ty, sump, g0, G)      # (k/16, 16) int32 each
         zero_f = ir.Constant(vec(F32, LANES), None)
         accs = [[cgutils.alloca_once_value(builder, zero_f) for _ in range(G)] for _ in range(R)]
-        fmuladd = "llvm.fmuladd.v16f32"
+        C = fmt.chunks
 
-        with cgutils.for_range(builder, nblk) as loop:
-            b = loop.index
-            blocks = [builder.gep(row, [builder.mul(b, ir.Constant(b.type, fmt.block_bytes))]) for row in rows]
-            words = builder.mul(b, ir.Constant(b.type, 8))                    # the block's first int32 of x
-
-            def x_word(g, j):
-                return _lane_vector(builder, x_groups[g], builder.add(words, ir.Constant(b.type, j)), I32)
-
-            # integer sums of the block for every (row, group), starting from the offset terms
-            if fmt is Q8_0_BLOCKS:
-                starts = []
-                for blk in blocks:
-                    quants = _load_at(builder, blk, fmt.quants_at, vec(I8, 32))
-                    total = _call_intrinsic(builder, "llvm.vector.reduce.add.v32i32", I32,
-                                            [builder.sext(quants, vec(I32, 32))])
-                    starts.append([_splat(builder, builder.mul(total, ir.Constant(I32, -128)), LANES)] * G)
-            elif fmt.offset:
-                offsets = [builder.mul(_lane_vector(builder, sum_groups[g], b, I32), _const(vec(I32, LANES), -fmt.offset))
-                           for g in range(G)]
-                starts = [offsets] * R
-            else:
-                starts = [[ir.Constant(vec(I32, LANES), None)] * G] * R
-            isums = [list(s) for s in starts]
-
-            if fmt.nibbles:
-                for i in range(4):      # packed word i: low nibbles are weights 4i.., high ones 16+4i..
-                    x_low = [x_word(g, i) for g in range(G)]
-                    x_high = [x_word(g, 4 + i) for g in range(G)]
-                    for r, blk in enumerate(blocks):
-                        packed = _splat_load(builder, blk, fmt.quants_at + 4 * i, I32)
-                        low = builder.and_(packed, _const(vec(I32, LANES), 0x0F0F0F0F))
-                        high = builder.and_(builder.lshr(packed, _const(vec(I32, LANES), 4)),
-                                            _const(vec(I32, LANES), 0x0F0F0F0F))
-                        for g in range(G):
-                            isums[r][g] = _vpdpbusd(builder, _vpdpbusd(builder, isums[r][g], low, x_low[g]),
-                                                    high, x_high[g])
-            else:
-                for j in range(8):
-                    xs_j = [x_word(g, j) for g in range(G)]
-                    for r, blk in enumerate(blocks):
-                        quants = _splat_load(builder, blk, fmt.quants_at + 4 * j, I32)
-                        for g in range(G):
-                            isums[r][g] = _vpdpbusd(builder, isums[r][g], xs_j[g], quants)
-
-            d_x = [_lane_vector(builder, d_groups[g], b, F32) for g in range(G)]
-            s_x = [_lane_vector(builder, s_groups[g], b, F32) for g in range(G)] if fmt.min_at is not None else None
-            for r, blk in enumerate(blocks):
-                d_w = _splat(builder, half_bits_to_float(builder, _load_at(builder, blk, 0, I16)), LANES)
-                m_w = (_splat(builder, half_bits_to_float(builder, _load_at(builder, blk, fmt.min_at, I16)), LANES)
-                       if fmt.min_at is not None else None)
-                for g in range(G):
-                    acc = _call_intrinsic(builder, fmuladd, vec(F32, LANES), [
-                        builder.sitofp(isums[r][g], vec(F32, LANES)), builder.fmul(d_w, d_x[g]),
-                        builder.load(accs[r][g])])
-                    if m_w is not None:
-                        acc = _call_intrinsic(builder, fmuladd, vec(F32, LANES), [m_w, s_x[g], acc])
-                    builder.store(acc, accs[r][g])
+        n_blocks = builder.udiv(n_chunks, ir.Constant(n_chunks.type, C)) if C > 1 else n_chunks
+        with cgutils.for_range(builder, n_blocks) as loop:
+            blocks = [builder.gep(row, [builder.mul(loop.index, ir.Constant(loop.index.type, fmt.nbytes))])
+                      for row in rows]
+            headers = [fmt.header(builder, blk) for blk in blocks]
+            for c in range(C):
+                ch = builder.add(builder.mul(loop.index, ir.Constant(loop.index.type, C)), ir.Constant(loop.index.type, c))
+                _chunk(builder, fmt, c, ch, blocks, headers, x_groups, d_groups, s_groups, sum_groups, accs, G)
 
         first_token = builder.mul(g0, ir.Constant(g0.type, LANES))
         for r in range(R):
@@ -166,7 +114,71 @@ def _panel_tile(fmt, R, G):
     return intrinsic(typer)
 
 
-if AVAILABLE:
-    tile_q8_0 = _panel_tile(Q8_0_BLOCKS, ROWS, GROUPS)
-    tile_q4_0 = _panel_tile(Q4_0_BLOCKS, ROWS, GROUPS)
-    tile_q4_1 = _panel_tile(Q4_1_BLOCKS, ROWS, GROUPS)
+def _chunk(builder, fmt, c, ch, blocks, headers, x_groups, d_groups, s_groups, sum_groups, accs, G):
+    """accs[r][g] += chunk c (of its block; ch overall) of every row times the G groups of 16 tokens."""
+    halves = 2 if (fmt.lane_scales or fmt.min_kind == "lanes") else 1   # separate sums per 16 weights
+    per_half = 8 // halves                                               # words of 4 weights
+    fmuladd = "llvm.fmuladd.v16f32"
+    words = builder.mul(ch, ir.Constant(ch.type, 8))                   # the chunk's first int32 of x
+    zero_i = ir.Constant(vec(I32, LANES), None)
+
+    def x_word(g, j):
+        return _lane_vector(builder, x_groups[g], builder.add(words, ir.Constant(ch.type, j)), I32)
+
+    def x_sums(g, h):                                                  # sums of 16 activations: h-th half
+        return _lane_vector(builder, sum_groups[g], builder.add(builder.mul(ch, ir.Constant(ch.type, 2)),
+                                                                ir.Constant(ch.type, h)), I32)
+
+    d_x = [_lane_vector(builder, d_groups[g], ch, F32) for g in range(G)]
+    s_x = [_lane_vector(builder, s_groups[g], ch, F32) for g in range(G)] if fmt.min_kind == "chunk" else None
+    for r, (blk, hdr) in enumerate(zip(blocks, headers)):
+        quants = fmt.quants(builder, blk, hdr, c)                      # <32 x i8>
+        q_words = builder.bitcast(quants, vec(I32, 8))
+        scale, low_min = fmt.scale(builder, blk, hdr, c), fmt.min(builder, blk, hdr, c)
+        isums = [[None] * halves for _ in range(G)]
+        for h in range(halves):
+            first = h * per_half
+            if fmt.signed:   # -128 * sum(w): the activations come shifted by 128
+                part = _pick(builder, quants, list(range(4 * first, 4 * (first + per_half))))
+                total = _call_intrinsic(builder, f"llvm.vector.reduce.add.v{4 * per_half}i32", I32,
+                                        [builder.sext(part, vec(I32, 4 * per_half))])
+                starts = [_splat(builder, builder.mul(total, ir.Constant(I32, -128)), LANES)] * G
+            elif fmt.offset:
+                starts = [_x_sum_range(builder, x_sums, g, h, halves, -fmt.offset) for g in range(G)]
+            else:
+                starts = [zero_i] * G
+            sums = list(starts)
+            for j in range(first, first + per_half):
+                q_j = _splat(builder, builder.extract_element(q_words, ir.Constant(I32, j)), LANES)
+                for g in range(G):
+                    x_j = x_word(g, j)
+                    sums[g] = _vpdpbusd(builder, sums[g], x_j, q_j) if fmt.signed else _vpdpbusd(builder, sums[g], q_j, x_j)
+            for g in range(G):
+                isums[g][h] = sums[g]
+        for g in range(G):
+            acc = builder.load(accs[r][g])
+            for h in range(halves):
+                s_h = builder.extract_element(scale, ir.Constant(I32, 4 * h)) if fmt.lane_scales else scale
+                acc = _call_intrinsic(builder, fmuladd, vec(F32, LANES), [
+                    builder.sitofp(isums[g][h], vec(F32, LANES)), builder.fmul(_splat(builder, s_h, LANES), d_x[g]), acc])
+            if fmt.min_kind == "chunk":
+                acc = _call_intrinsic(builder, fmuladd, vec(F32, LANES), [_splat(builder, low_min, LANES), s_x[g], acc])
+            elif fmt.min_kind == "lanes":
+                for h in range(halves):
+                    m_h = _splat(builder, builder.extract_element(low_min, ir.Constant(I32, 4 * h)), LANES)
+                    acc = _call_intrinsic(builder, fmuladd, vec(F32, LANES), [
+                        builder.sitofp(x_sums(g, h), vec(F32, LANES)), builder.fmul(m_h, d_x[g]), acc])
+            builder.store(acc, accs[r][g])
+
+
+def _x_sum_range(builder, x_sums, g, h, halves, factor):
+    """factor * (the sums of activations a half (halves == 2) or a whole chunk covers), <16 x i32>."""
+    total = x_sums(g, h) if halves == 2 else builder.add(x_sums(g, 0), x_sums(g, 1))
+    return builder.mul(total, _const(vec(I32, LANES), factor))
+
+
+def _pick(builder, v, lanes):
+    return builder.shuffle_vector(v, v, ir.Constant(vec(I32, len(lanes)), lanes))
+
+
+TILES = {t: _panel_tile(fmt, ROWS, GROUPS) for t, fmt in FORMATS.items()} if AVAILABLE else {}

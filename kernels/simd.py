@@ -132,6 +132,12 @@ def _load_f16_at(builder, row_ptr, byte_offset):
     return half_bits_to_float(builder, builder.load(p, align=1))
 
 
+def _load_at(builder, ptr, offset, vtype):
+    """The value of type vtype at byte ptr + offset (a constant), any alignment."""
+    p = builder.gep(ptr, [ir.Constant(I32, offset)]) if offset else ptr
+    return builder.load(builder.bitcast(p, vtype.as_pointer()), align=1)
+
+
 def _load_vec(builder, base, index, stride, vtype):
     """The vector of type vtype at base + index * stride (base: a byte or element pointer)."""
     p = builder.gep(base, [builder.mul(index, ir.Constant(index.type, stride))])
@@ -231,133 +237,6 @@ def _concat(builder, parts):
     return parts[0]
 
 
-# --- quantised formats: blocks of 32 weights against q8 activations --------------------------
-#
-# A step multiplies P blocks at once (P = 2 fills a 512-bit register, else 1): the blocks'
-# quants side by side in weight order, one integer dot product with the activations (each int32
-# lane sums 4 adjacent products, so lanes 8p..8p+7 belong to block p), and one multiply-add by
-# the blocks' scales spread over their lanes.
-
-@dataclass(frozen=True)
-class BlockFormat:
-    """Where a block of 32 weights keeps its parts."""
-    block_bytes: int
-    quants_at: int            # byte offset of the quants, after the half scale d at 0
-    nibbles: bool             # 16 bytes of 4-bit quants (low nibbles: weights 0-15, high: 16-31), else 32 int8
-    offset: int = 0           # Q4_0: weight = d * (q - offset)
-    min_at: int | None = None  # Q4_1: weight = d * q + m, m a half at this offset
-
-
-Q8_0_BLOCKS = BlockFormat(34, 2, nibbles=False)          # sum_j d*q_j * x_j
-Q4_0_BLOCKS = BlockFormat(18, 2, nibbles=True, offset=8)  # d * (sum_j q_j x_j - 8 * sum_j x_j)
-Q4_1_BLOCKS = BlockFormat(20, 4, nibbles=True, min_at=2)  # d * sum_j q_j x_j + m * sum_j x_j
-
-
-def _load_at(builder, ptr, offset, vtype):
-    p = builder.gep(ptr, [ir.Constant(I32, offset)]) if offset else ptr
-    return builder.load(builder.bitcast(p, vtype.as_pointer()), align=1)
-
-
-def _unpack_blocks(builder, fmt, blocks):
-    """The quants of P blocks (byte pointers) -> <32P x i8>, weight order."""
-    if not fmt.nibbles:
-        return _concat(builder, [_load_at(builder, blk, fmt.quants_at, vec(I8, 32)) for blk in blocks])
-    # each block's 16 bytes twice (a broadcast load), then the second copy shifted right by 4:
-    # low nibbles are weights 0-15, high nibbles 16-31. Shifts of 32-bit lanes (x86 has no byte shift).
-    twice = _concat(builder, [builder.shuffle_vector(q, q, ir.Constant(vec(I32, 32), list(range(16)) * 2))
-                              for q in (_load_at(builder, blk, fmt.quants_at, vec(I8, 16)) for blk in blocks)])
-    n = twice.type.count
-    shifts = ir.Constant(vec(I32, n // 4), ([0] * 4 + [4] * 4) * (n // 32))
-    shifted = builder.lshr(builder.bitcast(twice, vec(I32, n // 4)), shifts)
-    return builder.and_(builder.bitcast(shifted, vec(I8, n)), _const(vec(I8, n), 0x0F))
-
-
-def _halves_at(builder, blocks, offset):
-    """The half at byte offset of each of P blocks -> <P x float>."""
-    bits = ir.Constant(vec(I16, len(blocks)), None)
-    for p, blk in enumerate(blocks):
-        bits = builder.insert_element(bits, _load_at(builder, blk, offset, I16), ir.Constant(I32, p))
-    return half_bits_to_float(builder, bits)
-
-
-def _activations(builder, P, x_ptr, b):
-    """P blocks of 8-bit activations from block b on -> <32P x i8>."""
-    return _load_vec(builder, x_ptr, b, 32, vec(I8, 32 * P))
-
-
-def _per_block(builder, ptr, b, P, elt):
-    """P consecutive values from ptr[b] -> <P x elt>."""
-    return builder.load(builder.bitcast(builder.gep(ptr, [b]), vec(elt, P).as_pointer()), align=1)
-
-
-def _spread(builder, v):
-    """<P x T> per block -> <8P x T>: each lane gets its block's value."""
-    P = v.type.count
-    return builder.shuffle_vector(v, v, ir.Constant(vec(I32, 8 * P), [lane // 8 for lane in range(8 * P)]))
-
-
-def _first_lanes(builder, v):
-    """<P x T> per block -> <8P x T>: the value in its block's first lane, zeros elsewhere."""
-    P = v.type.count
-    mask = [lane // 8 if lane % 8 == 0 else P for lane in range(8 * P)]
-    return builder.shuffle_vector(v, ir.Constant(v.type, None), ir.Constant(vec(I32, 8 * P), mask))
-
-
-def _offset_init(builder, fmt, sum4_ptr, b, P):
-    """The integer accumulator a step starts from: Q4_0's -8 * (sums of 4 activations) per lane, else zeros."""
-    if not fmt.offset:
-        return ir.Constant(vec(I32, 8 * P), None)
-    sums = _load_vec(builder, sum4_ptr, b, 8, vec(I32, 8 * P))
-    return builder.mul(sums, _const(vec(I32, 8 * P), -fmt.offset))
-
-
-def _quant_dot(fmt):
-    """Codegen of a row dot for a block format against q8 activations (xq, xd, xs, xsum4)."""
-    P_WIDE = 2 if WIDE else 1
-
-    def codegen(context, builder, sig, args):
-        w, xq, xd, xs, xsum4, nblk = args
-        row = _ptr(context, builder, sig.args[0], w, ir.Constant(I32, 0), I8)
-        x_row = _ptr(context, builder, sig.args[1], xq, ir.Constant(I32, 0), I8)
-        xd_row = _ptr(context, builder, sig.args[2], xd, ir.Constant(I32, 0), F32)
-        xs_row = _ptr(context, builder, sig.args[3], xs, ir.Constant(I32, 0), F32)
-        sum4_row = _ptr(context, builder, sig.args[4], xsum4, ir.Constant(I32, 0), I32)
-
-        def blocks_from(P):
-            def body(i, acc, extra):                                             # acc: <8P x float>
-                b = builder.mul(i, ir.Constant(i.type, P))
-                blocks = [builder.gep(row, [builder.mul(builder.add(b, ir.Constant(b.type, p)),
-                                                        ir.Constant(b.type, fmt.block_bytes))]) for p in range(P)]
-                isum = _int_dot(builder, _unpack_blocks(builder, fmt, blocks), _activations(builder, P, x_row, b),
-                                fmt.nibbles, _offset_init(builder, fmt, sum4_row, b, P))
-                scale = builder.fmul(_halves_at(builder, blocks, 0), _per_block(builder, xd_row, b, P, F32))
-                acc = _call_intrinsic(builder, f"llvm.fmuladd.v{8 * P}f32", vec(F32, 8 * P),
-                                      [builder.sitofp(isum, vec(F32, 8 * P)), _spread(builder, scale), acc])
-                if fmt.min_at is not None:
-                    m_x = builder.fmul(_halves_at(builder, blocks, fmt.min_at), _per_block(builder, xs_row, b, P, F32))
-                    extra = builder.fadd(extra, m_x)
-                return acc, extra
-            return body
-
-        steps = builder.udiv(nblk, ir.Constant(nblk.type, P_WIDE))
-        total = _block_loop(builder, steps, 8 * P_WIDE, blocks_from(P_WIDE), n_acc=4 // P_WIDE, extra_lanes=P_WIDE)
-        if P_WIDE == 1:
-            return total
-        tail = builder.sub(nblk, builder.mul(steps, ir.Constant(nblk.type, P_WIDE)))   # an odd block at the end
-        last = _block_loop(builder, tail, 8, lambda i, acc, extra: blocks_from(1)(
-            builder.add(i, builder.mul(steps, ir.Constant(nblk.type, P_WIDE))), acc, extra), n_acc=1)
-        return builder.fadd(total, last)
-
-    def typer(typingctx, w, xq, xd, xs, xsum4, nblk):
-        return types.float32(w, xq, xd, xs, xsum4, types.intp), codegen
-    return intrinsic(typer)
-
-
-dot_q8_0 = _quant_dot(Q8_0_BLOCKS)
-dot_q4_0 = _quant_dot(Q4_0_BLOCKS)
-dot_q4_1 = _quant_dot(Q4_1_BLOCKS)
-
-
 def _float_dot(load_chunk, bytes_per_chunk):
     """Row dot of a float format, 32 weights per step, against float32 activations."""
     def codegen(context, builder, sig, args):
@@ -447,76 +326,6 @@ def _store_out(context, builder, aty, out, t, r, value):
     builder.store(value, builder.bitcast(p, F32.as_pointer()))
 
 
-def _quant_tile(fmt, R, T):
-    """Intrinsic tile(w, r0, xq, xd, xs, xsum4, t0, out): out[t0:t0+T, r0:r0+R] for a block format.
-
-    w: (rows, row_bytes) uint8; xq: (n, k) int8; xd, xs: (n, k/32) float32; xsum4: (n, k/32) int32;
-    out: (n, rows). Each step unpacks R rows' blocks and T tokens' activations once and forms
-    all R*T products from registers.
-    """
-    P_WIDE = 2 if WIDE else 1
-
-    def codegen(context, builder, sig, args):
-        w, r0, xq, xd, xs, xsum4, t0, out = args
-        w_ty, _, xq_ty, xd_ty, xs_ty, sum4_ty, _, out_ty = sig.args
-        nblk = cgutils.unpack_tuple(builder, context.make_array(xd_ty)(context, builder, xd).shape)[1]
-        rows = _row_pointers(context, builder, w_ty, w, r0, R)
-        xq_rows = _row_pointers(context, builder, xq_ty, xq, t0, T)
-        xd_rows = [builder.bitcast(p, F32.as_pointer()) for p in _row_pointers(context, builder, xd_ty, xd, t0, T)]
-        xs_rows = [builder.bitcast(p, F32.as_pointer()) for p in _row_pointers(context, builder, xs_ty, xs, t0, T)]
-        sum4_rows = [builder.bitcast(p, I32.as_pointer())
-                     for p in _row_pointers(context, builder, sum4_ty, xsum4, t0, T)]
-
-        def step(P, b, accs):
-            """accs[r][t] (<8P x float>) += blocks b..b+P-1 of row r times token t."""
-            blocks = [[builder.gep(row, [builder.mul(builder.add(b, ir.Constant(b.type, p)),
-                                                     ir.Constant(b.type, fmt.block_bytes))]) for p in range(P)]
-                      for row in rows]
-            quants = [_unpack_blocks(builder, fmt, blk) for blk in blocks]
-            d_w = [_spread(builder, _halves_at(builder, blk, 0)) for blk in blocks]
-            x_q = [_activations(builder, P, p, b) for p in xq_rows]
-            d_x = [_spread(builder, _per_block(builder, p, b, P, F32)) for p in xd_rows]
-            init = [_offset_init(builder, fmt, p, b, P) for p in sum4_rows]
-            if fmt.min_at is not None:
-                m_w = [_first_lanes(builder, _halves_at(builder, blk, fmt.min_at)) for blk in blocks]
-                s_x = [_spread(builder, _per_block(builder, p, b, P, F32)) for p in xs_rows]
-            fmuladd = f"llvm.fmuladd.v{8 * P}f32"
-            for r in range(R):
-                for t in range(T):
-                    isum = _int_dot(builder, quants[r], x_q[t], fmt.nibbles, init[t])
-                    acc = _call_intrinsic(builder, fmuladd, vec(F32, 8 * P), [
-                        builder.sitofp(isum, vec(F32, 8 * P)), builder.fmul(d_w[r], d_x[t]), builder.load(accs[r][t])])
-                    if fmt.min_at is not None:
-                        acc = _call_intrinsic(builder, fmuladd, vec(F32, 8 * P), [m_w[r], s_x[t], acc])
-                    builder.store(acc, accs[r][t])
-
-        def accumulators(P):
-            return [[cgutils.alloca_once_value(builder, ir.Constant(vec(F32, 8 * P), None)) for _ in range(T)]
-                    for _ in range(R)]
-
-        wide = accumulators(P_WIDE)
-        steps = builder.udiv(nblk, ir.Constant(nblk.type, P_WIDE))
-        with cgutils.for_range(builder, steps) as loop:
-            step(P_WIDE, builder.mul(loop.index, ir.Constant(nblk.type, P_WIDE)), wide)
-        totals = [[_reduce_fadd(builder, builder.load(acc)) for acc in row] for row in wide]
-        if P_WIDE > 1:                                                       # an odd block at the end
-            done = builder.mul(steps, ir.Constant(nblk.type, P_WIDE))
-            narrow = accumulators(1)
-            with cgutils.for_range(builder, builder.sub(nblk, done)) as loop:
-                step(1, builder.add(done, loop.index), narrow)
-            totals = [[builder.fadd(total, _reduce_fadd(builder, builder.load(acc))) for total, acc in zip(*pair)]
-                      for pair in zip(totals, narrow)]
-        for r in range(R):
-            for t in range(T):
-                _store_out(context, builder, out_ty, out, builder.add(t0, ir.Constant(t0.type, t)),
-                           builder.add(r0, ir.Constant(r0.type, r)), totals[r][t])
-        return context.get_dummy_value()
-
-    def typer(typingctx, w, r0, xq, xd, xs, xsum4, t0, out):
-        return types.none(w, types.intp, xq, xd, xs, xsum4, types.intp, out), codegen
-    return intrinsic(typer)
-
-
 def _tile(R, T, step, lanes, load_w, load_x, multiply_add):
     """Intrinsic tile(w, r0, x, t0, out): out[t0:t0+T, r0:r0+R] for float32 activations x, k a
     multiple of step. Each step loads R rows' weights (load_w(builder, row, i)) and T tokens'
@@ -575,12 +384,8 @@ def _load_bf16xn(builder, p, n):
 
 
 # Tile shapes per level: accumulators must fit the register file (32 zmm/ymm with AVX512, 16 ymm below).
-QUANT_TILE = (4, 4) if WIDE else (2, 3)
 FLOAT_TILE, FLOAT_LANES = ((4, 3), 16) if WIDE else ((4, 2), 8)
 
-tile_q8_0 = _quant_tile(Q8_0_BLOCKS, *QUANT_TILE)
-tile_q4_0 = _quant_tile(Q4_0_BLOCKS, *QUANT_TILE)
-tile_q4_1 = _quant_tile(Q4_1_BLOCKS, *QUANT_TILE)
 tile_f32 = _float_tile(_load_f32xn, 4, *FLOAT_TILE, FLOAT_LANES)
 tile_f16 = _float_tile(_load_f16xn, 2, *FLOAT_TILE, FLOAT_LANES)
 tile_bf16 = _float_tile(_load_bf16xn, 2, *FLOAT_TILE, FLOAT_LANES)

@@ -91,7 +91,8 @@ class Prepared:
 class NumbaBackend(NumpyBackend):
     """The kernels of `kernels/`: weights read block by block in place, threads over rows.
 
-    Formats without a kernel (K-quants, rows not a multiple of 32) use the numpy slabs.
+    Every quantised format has kernels (kernels.matmul's registry); a float matrix whose rows are not
+    a multiple of 32 uses the numpy slabs.
     """
     name = "numba"
 
@@ -111,7 +112,7 @@ class NumbaBackend(NumpyBackend):
 
     def matmul(self, w: Tensor, x, out: np.ndarray) -> np.ndarray:
         x = x if isinstance(x, Prepared) else Prepared(x, self)
-        if w.type not in self.mm.SUPPORTED or x.shape[1] % 32:
+        if w.type not in self.mm.SUPPORTED or x.shape[1] % max(32, self.mm.block_weights(w.type)):
             return super().matmul(w, x.x, out)
         if w.type in self.mm.FLOAT_MATMUL:
             self.mm.FLOAT_MATMUL[w.type](w.data, x.x, out)

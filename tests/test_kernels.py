@@ -16,11 +16,15 @@ from gguf import GGMLQuantizationType as T
 from gguf import quants as gguf_quants
 
 from kernels import cpu, ops, reference, simd
-from kernels.matmul import SUPPORTED, Q8Activations, matmul, quantize_q8
+from kernels.blocks import FORMATS
+from kernels.matmul import SUPPORTED, Q8Activations, block_weights, matmul, quantize_q8
+from test_quants import random_blocks
 from weights.quants import dequantize
 
-QUANTISED = (T.Q8_0, T.Q4_0, T.Q4_1)
-SHAPES = [(1, 32, 1), (37, 64, 1), (5, 32, 3), (576, 1536, 7), (13, 96, 37), (33, 576, 128)]  # (rows, k, tokens)
+QUANTISED = tuple(FORMATS)
+# (rows, k, tokens): one row, rows not a multiple of any tile, one super-block, decode / tiles / panels
+SHAPES = [(1, 256, 1), (37, 512, 1), (5, 256, 3), (576, 1536, 7), (13, 768, 37), (33, 512, 128)]
+SHAPES_32 = [(1, 32, 1), (37, 64, 1), (5, 32, 3), (13, 96, 37), (33, 576, 128)]  # 32-weight blocks only
 
 
 def nmse(ours, ref):
@@ -34,21 +38,29 @@ def round_to_bf16(x):
     return bits.astype(np.uint32).view(np.float32)
 
 
-def raw_weights(qtype, w):
+def raw_weights(qtype, rows, k, rng):
+    """Weights of type qtype, (rows, row_bytes): floats and gguf's quantisers from normal weights, the
+    other quantised types (gguf cannot make them) random valid blocks, every bit pattern."""
+    w = rng.standard_normal((rows, k)).astype(np.float32)
     if qtype == T.F32:
         return w.view(np.uint8)
     if qtype == T.F16:
         return w.astype(np.float16).view(np.uint8)
-    return gguf_quants.quantize(w, qtype)
+    try:
+        return gguf_quants.quantize(w, qtype)
+    except NotImplementedError:
+        return random_blocks(qtype, rows * k // block_weights(qtype), seed=rows + k).reshape(rows, -1)
 
 
-@pytest.mark.parametrize("qtype", sorted(SUPPORTED, key=lambda t: t.name), ids=lambda t: t.name)
-@pytest.mark.parametrize("rows,k,n", SHAPES)
+CASES = [(t, *shape) for t in sorted(SUPPORTED, key=lambda t: t.name) for shape in SHAPES] + \
+        [(t, *shape) for t in sorted(SUPPORTED, key=lambda t: t.name) if block_weights(t) == 32 for shape in SHAPES_32]
+
+
+@pytest.mark.parametrize("qtype,rows,k,n", CASES, ids=lambda v: v.name if isinstance(v, T) else str(v))
 def test_matmul_matches_dequantised_reference(qtype, rows, k, n):
     rng = np.random.default_rng(rows * k + n)
-    w = rng.standard_normal((rows, k)).astype(np.float32)
     x = rng.standard_normal((n, k)).astype(np.float32)
-    raw = np.ascontiguousarray(raw_weights(qtype, w))
+    raw = np.ascontiguousarray(raw_weights(qtype, rows, k, rng))
     out = np.full((n, rows), np.nan, np.float32)
     matmul(qtype, raw, x, out)
     ref = x @ dequantize(raw, qtype).T
@@ -76,15 +88,17 @@ def test_q8_activations_match_llamacpp_rounding():
                 sum4[:1, :8].copy())  # zero block: no NaN
 
 
-def test_matmul_threads_are_deterministic():
+@pytest.mark.parametrize("qtype", [T.Q4_1, T.Q4_K, T.Q6_K], ids=lambda t: t.name)
+@pytest.mark.parametrize("n", [1, 9, 40])
+def test_matmul_threads_are_deterministic(qtype, n):
     rng = np.random.default_rng(5)
-    raw = gguf_quants.quantize(rng.standard_normal((300, 256)).astype(np.float32), T.Q4_1)
-    x = rng.standard_normal((9, 256)).astype(np.float32)
+    raw = np.ascontiguousarray(raw_weights(qtype, 300, 512, rng))
+    x = rng.standard_normal((n, 512)).astype(np.float32)
     results = []
     for threads in (1, 2):
         numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
-        out = np.empty((9, 300), np.float32)
-        results.append(matmul(T.Q4_1, raw, x, out))
+        out = np.empty((n, 300), np.float32)
+        results.append(matmul(qtype, raw, x, out))
     numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
     np.testing.assert_array_equal(results[0], results[1])
 

@@ -14,82 +14,70 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from gguf import GGMLQuantizationType as T
 from numba import njit
 
-from kernels.matmul import (SUPPORTED, matmul_bf16, matmul_f16, matmul_f32, matmul_q4_0, matmul_q4_1,
-                            matmul_q8_0, quantize_q8_serial)
+from kernels.matmul import SUPPORTED, block_weights, matvec, quantize_q8_serial, types_mask
 from kernels.ops import attention, rmsnorm, rope, store_as_half, swiglu
 
 rmsnorm_serial, rope_serial, swiglu_serial = rmsnorm.serial, rope.serial, swiglu.serial
 
 MATRICES = ("wq", "wk", "wv", "wo", "gate", "up", "down")  # the order of the per-block tables
-_Q8_0, _Q4_0, _Q4_1, _F32, _F16 = int(T.Q8_0), int(T.Q4_0), int(T.Q4_1), int(T.F32), int(T.F16)
 
 
-@njit(cache=True)
-def _matvec(fmt, data, offset, rows, row_bytes, x, xq, xd, xs, xsum4, out):
-    """out (1, rows) = W x for the weight at data[offset:], of GGML type fmt."""
-    w = data[offset : offset + rows * row_bytes].reshape(rows, row_bytes)   # (rows, row_bytes)
-    if fmt == _Q8_0:
-        matmul_q8_0(w, xq, xd, xs, xsum4, out)
-    elif fmt == _Q4_0:
-        matmul_q4_0(w, xq, xd, xs, xsum4, out)
-    elif fmt == _Q4_1:
-        matmul_q4_1(w, xq, xd, xs, xsum4, out)
-    elif fmt == _F32:
-        matmul_f32(w, x, out)
-    elif fmt == _F16:
-        matmul_f16(w, x, out)
-    else:
-        matmul_bf16(w, x, out)
-
-
-@njit(cache=True)
-def _project(l, j, plan, data, x, x8, out):
+@njit(cache=True, inline="always")
+def _weight(data, plan, l, j):
+    """The rows (rows, row_bytes) of matrix j of block l, a view of the mapped file; and its GGML type."""
     offsets, rows, row_bytes, fmts = plan
-    xq, xd, xs, xsum4 = x8
-    _matvec(fmts[l, j], data, offsets[l, j], rows[l, j], row_bytes[l, j], x, xq, xd, xs, xsum4, out)
+    return data[offsets[l, j] : offsets[l, j] + rows[l, j] * row_bytes[l, j]].reshape(rows[l, j], row_bytes[l, j]), fmts[l, j]
 
 
-@njit(cache=True)
-def decode_blocks(x, data, plan, attn_norm, ffn_norm, bias, has_bias, cache_k, cache_v, pos, cos, sin, neox,
-                  eps, buffers, q8):
-    """Run one token (x: (1, n_embd), updated in place) through every block at position pos.
+def _decoder(mask: int):
+    """decode_blocks for a model whose block matrices have the GGML types in mask (kernels.matmul.types_mask):
+    only those formats' kernels are compiled into it. A closure over an int, so Numba caches it per mask."""
 
-    plan: (offsets, rows, row_bytes, types), each (n_layer, 7) in MATRICES order;
-    bias: (bq, bk, bv) each (n_layer, dim); cache_k, cache_v: (n_layer, n_ctx, n_head_kv, head_dim), uint16 halves.
-    """
-    h, q, k, v, att, proj, gate, up, ffn, scores = buffers
-    e8, a8, f8 = q8     # 8-bit activations (q, d, s, sum4) of width n_embd, q_dim, n_ff
-    q2, k2, v2 = q.reshape(1, -1), k.reshape(1, -1), v.reshape(1, -1)          # (1, heads * head_dim)
-    att3 = att.reshape(q.shape)                                                # (1, n_head, head_dim)
-    for l in range(attn_norm.shape[0]):
-        rmsnorm_serial(x, attn_norm[l], eps, h)
-        quantize_q8_serial(h, *e8)
-        _project(l, 0, plan, data, h, e8, q2)
-        _project(l, 1, plan, data, h, e8, k2)
-        _project(l, 2, plan, data, h, e8, v2)
-        if has_bias:
-            q2[0] += bias[0][l]
-            k2[0] += bias[1][l]
-            v2[0] += bias[2][l]
-        rope_serial(q, cos, sin, neox)
-        rope_serial(k, cos, sin, neox)
-        store_as_half(cache_k[l, pos : pos + 1], k)   # halves, as llama.cpp's cache
-        store_as_half(cache_v[l, pos : pos + 1], v)
-        attention(q, cache_k[l, : pos + 1], cache_v[l, : pos + 1], pos, scores, att3)
-        quantize_q8_serial(att, *a8)
-        _project(l, 3, plan, data, att, a8, proj)
-        x += proj
-        rmsnorm_serial(x, ffn_norm[l], eps, h)
-        quantize_q8_serial(h, *e8)
-        _project(l, 4, plan, data, h, e8, gate)
-        _project(l, 5, plan, data, h, e8, up)
-        swiglu_serial(gate, up, ffn)
-        quantize_q8_serial(ffn, *f8)
-        _project(l, 6, plan, data, ffn, f8, proj)
-        x += proj
+    @njit(cache=True)
+    def decode_blocks(x, data, plan, attn_norm, ffn_norm, bias, has_bias, cache_k, cache_v, pos, cos, sin, neox,
+                      eps, buffers, q8):
+        """Run one token (x: (1, n_embd), updated in place) through every block at position pos.
+
+        plan: (offsets, rows, row_bytes, types), each (n_layer, 7) in MATRICES order;
+        bias: (bq, bk, bv) each (n_layer, dim); cache_k, cache_v: (n_layer, n_ctx, n_head_kv, head_dim), uint16 halves.
+        """
+        h, q, k, v, att, proj, gate, up, ffn, scores = buffers
+        e8, a8, f8 = q8     # 8-bit activations (q, d, s, sum4) of width n_embd, q_dim, n_ff
+        q2, k2, v2 = q.reshape(1, -1), k.reshape(1, -1), v.reshape(1, -1)          # (1, heads * head_dim)
+        att3 = att.reshape(q.shape)                                                # (1, n_head, head_dim)
+        def project(l, j, x_in, x8, out):  # out (1, rows) = W x_in for matrix j of block l
+            w, fmt = _weight(data, plan, l, j)
+            matvec(mask, fmt, w, x_in, x8[0], x8[1], x8[2], x8[3], out)
+
+        for l in range(attn_norm.shape[0]):
+            rmsnorm_serial(x, attn_norm[l], eps, h)
+            quantize_q8_serial(h, *e8)
+            project(l, 0, h, e8, q2)
+            project(l, 1, h, e8, k2)
+            project(l, 2, h, e8, v2)
+            if has_bias:
+                q2[0] += bias[0][l]
+                k2[0] += bias[1][l]
+                v2[0] += bias[2][l]
+            rope_serial(q, cos, sin, neox)
+            rope_serial(k, cos, sin, neox)
+            store_as_half(cache_k[l, pos : pos + 1], k)   # halves, as llama.cpp's cache
+            store_as_half(cache_v[l, pos : pos + 1], v)
+            attention(q, cache_k[l, : pos + 1], cache_v[l, : pos + 1], pos, scores, att3)
+            quantize_q8_serial(att, *a8)
+            project(l, 3, att, a8, proj)
+            x += proj
+            rmsnorm_serial(x, ffn_norm[l], eps, h)
+            quantize_q8_serial(h, *e8)
+            project(l, 4, h, e8, gate)
+            project(l, 5, h, e8, up)
+            swiglu_serial(gate, up, ffn)
+            quantize_q8_serial(ffn, *f8)
+            project(l, 6, ffn, f8, proj)
+            x += proj
+    return decode_blocks
 
 
 @dataclass
@@ -102,12 +90,14 @@ class FusedDecoder:
     bias: tuple             # (bq, bk, bv), each (n_layer, dim); zeros when the file has none
     has_bias: bool
     q8: tuple
+    decode: object          # decode_blocks for this model's types
 
     @classmethod
     def build(cls, net, gguf) -> "FusedDecoder | None":
-        """None when some block matrix has no kernel (e.g. K-quants): those models decode step by step."""
+        """None when some block matrix has no kernel (a float row not a multiple of 32): step by step then."""
         blocks = net.blocks
-        if any(getattr(b, m).type not in SUPPORTED or getattr(b, m).n_per_row % 32 for b in blocks for m in MATRICES):
+        weights = [getattr(b, m) for b in blocks for m in MATRICES]
+        if any(w.type not in SUPPORTED or w.n_per_row % max(32, block_weights(w.type)) for w in weights):
             return None
         data = np.asarray(gguf.map).view(np.ndarray)                           # the whole file, uint8
         table = np.array([[(gguf.data_offset + getattr(b, m).offset, getattr(b, m).shape[0],
@@ -124,8 +114,9 @@ class FusedDecoder:
                     np.empty((1, width // 32), np.float32), np.empty((1, width // 4), np.int32))
                    for width in (c.n_embd, q_dim, c.n_ff))
         return cls(data, plan, np.stack([b.attn_norm for b in blocks]).astype(np.float32),
-                   np.stack([b.ffn_norm for b in blocks]).astype(np.float32), bias, has_bias, q8)
+                   np.stack([b.ffn_norm for b in blocks]).astype(np.float32), bias, has_bias, q8,
+                   _decoder(types_mask(w.type for w in weights)))
 
     def __call__(self, x, cache, pos, cos, sin, neox, eps, buffers):
-        decode_blocks(x, self.data, self.plan, self.attn_norm, self.ffn_norm, self.bias, self.has_bias,
-                      cache.k, cache.v, pos, cos, sin, neox, np.float32(eps), buffers, self.q8)
+        self.decode(x, self.data, self.plan, self.attn_norm, self.ffn_norm, self.bias, self.has_bias,
+                    cache.k, cache.v, pos, cos, sin, neox, np.float32(eps), buffers, self.q8)
