@@ -131,6 +131,8 @@ class Decoder:
     signed: bool = False
     min_kind: str | None = None   # None, "chunk" (a float per chunk) or "lanes" (<8 x float>)
     lane_scales: bool = False     # scale(c) is <8 x float>
+    activations: str = "q8_0"     # how x is quantised for it, as llama.cpp pairs them: q8_0, or q8_k (one
+                                  # scale per 256) for the super-block formats (kernels.matmul.QUANTIZE)
 
     @property
     def chunks(self) -> int:
@@ -240,11 +242,15 @@ def _pick2(b, lo, hi):
     return b.shuffle_vector(lo, hi, ir.Constant(vec(I32, 2 * n), list(range(2 * n))))
 
 
-class Q4_K(Decoder):
+class _SuperBlock(Decoder):
+    weights, activations = 256, "q8_k"
+
+
+class Q4_K(_SuperBlock):
     """d at 0, dmin at 2, 12 bytes of 6-bit scales/mins at 4, 128 bytes of nibbles at 16.
     Chunk c: the low (c even) or high (c odd) nibbles of qs[32 (c//2) : 32 (c//2) + 32];
     w = d scale_c q - dmin min_c."""
-    type, weights, nbytes, min_kind = T.Q4_K, 256, 144, "chunk"
+    type, nbytes, min_kind = T.Q4_K, 144, "chunk"
 
     def header(self, b, blk):
         scales, mins = _k_scales_mins(b, blk, 4)
@@ -269,11 +275,11 @@ class Q5_K(Q4_K):
         return b.or_(low, _shl(b, _and(b, _shr(b, _bytes(b, blk, 16), c), 1), 4))
 
 
-class Q6_K(Decoder):
+class Q6_K(_SuperBlock):
     """ql[128] at 0, qh[64] at 128, 16 int8 scales at 192, d at 208. Chunk c = 4n + j: low 4 bits from
     ql[64n + 32 (j % 2) + l] (low nibble for j < 2, else high), high 2 bits (qh[32n + l] >> 2j) & 3;
     scales 2c (weights 0-15) and 2c + 1 (16-31); w = d scale (q - 32)."""
-    type, weights, nbytes, offset, lane_scales = T.Q6_K, 256, 210, 32, True
+    type, nbytes, offset, lane_scales = T.Q6_K, 210, 32, True
 
     def header(self, b, blk):
         return _scaled(b, _bytes(b, blk, 192, 16), _half(b, blk, 208), signed=True)
@@ -297,11 +303,11 @@ def _q3_k_scales(b, blk, offset):
     return b.sub(b.or_(low, _shl(b, high, 4)), _const(vec(I8, 16), 32))
 
 
-class Q3_K(Decoder):
+class Q3_K(_SuperBlock):
     """hmask[32] at 0, qs[64] at 32, 12 bytes of 6-bit scales at 96, d at 108. Chunk c = 4n + j:
     low 2 bits (qs[32n + l] >> 2j) & 3, and 4 more when bit c of hmask[l] is set; scales 2c and
     2c + 1; w = d scale (q - 4)."""
-    type, weights, nbytes, offset, lane_scales = T.Q3_K, 256, 110, 4, True
+    type, nbytes, offset, lane_scales = T.Q3_K, 110, 4, True
 
     def header(self, b, blk):
         return _scaled(b, _q3_k_scales(b, blk, 96), _half(b, blk, 108), signed=True)
@@ -315,10 +321,10 @@ class Q3_K(Decoder):
         return _lanes_of_groups(b, hdr, 2 * c)
 
 
-class Q2_K(Decoder):
+class Q2_K(_SuperBlock):
     """16 bytes of (scale | min << 4) at 0, qs[64] at 16, d at 80, dmin at 82. Chunk c = 4n + j:
     (qs[32n + l] >> 2j) & 3; groups 2c and 2c + 1; w = d scale q - dmin min."""
-    type, weights, nbytes, lane_scales, min_kind = T.Q2_K, 256, 84, True, "lanes"
+    type, nbytes, lane_scales, min_kind = T.Q2_K, 84, True, "lanes"
 
     def header(self, b, blk):
         s = _bytes(b, blk, 0, 16)
@@ -335,11 +341,11 @@ class Q2_K(Decoder):
         return _lanes_of_groups(b, hdr[1], 2 * c)
 
 
-class IQ4_XS(Decoder):
+class IQ4_XS(_SuperBlock):
     """d at 0, scales_h (u16) at 2, scales_l[4] at 4, qs[128] at 8. Chunk c: nibbles of qs[16c : 16c + 16]
     (as Q4_0) indexing IQ4_VALUES; scale d (ls - 32), ls = (scales_l[c/2] >> 4 (c%2)) & 15 |
     ((scales_h >> 2c) & 3) << 4."""
-    type, weights, nbytes, signed = T.IQ4_XS, 256, 136, True
+    type, nbytes, signed = T.IQ4_XS, 136, True
 
     def header(self, b, blk):
         low = _and(b, _shr(b, _pick(b, _bytes(b, blk, 4, 4), [0, 0, 1, 1, 2, 2, 3, 3]), [0, 4] * 4), 15)

@@ -64,6 +64,37 @@ def quantize_q8(x, xq, xd, xs, xsum4):
 quantize_q8_serial = njit(cache=True, error_model="numpy")(renamed(quantize_q8.py_func, "_serial"))
 
 
+@njit(cache=True, parallel=True, error_model="numpy")
+def quantize_q8_k(x, xq, xd, xs, xsum4):
+    """As quantize_q8, the way llama.cpp quantises activations for K-quant weights (q8_K): one scale
+    per 256, d = max / -127 for the x of largest magnitude (float32, not a half), q = round(x / d) capped
+    at 127. xd holds d for each of the block's 8 chunks, xs = d * sum(xq) per chunk (exact, not a half)."""
+    n, k = x.shape
+    for t in prange(n):
+        for b in range(k // 256):
+            amax, top = np.float32(0.0), np.float32(0.0)
+            for j in range(b * 256, b * 256 + 256):
+                if abs(x[t, j]) > amax:
+                    amax, top = abs(x[t, j]), x[t, j]
+            iscale = np.float32(-127.0) / top if amax > 0 else np.float32(0.0)
+            d = np.float32(1.0) / iscale if amax > 0 else np.float32(0.0)
+            for c in range(b * 8, b * 8 + 8):
+                total = 0
+                for j in range(c * 32, c * 32 + 32):
+                    q = np.int8(min(np.float32(127.0), np.round(iscale * x[t, j])))
+                    xq[t, j] = q
+                    total += q
+                for j in range(c * 8, c * 8 + 8):
+                    xsum4[t, j] = np.int32(xq[t, 4 * j]) + xq[t, 4 * j + 1] + xq[t, 4 * j + 2] + xq[t, 4 * j + 3]
+                xd[t, c] = d
+                xs[t, c] = d * np.float32(total)
+
+
+quantize_q8_k_serial = njit(cache=True, error_model="numpy")(renamed(quantize_q8_k.py_func, "_serial"))
+# How each kind of activations is made (kernels.blocks.Decoder.activations names the kind a format takes).
+QUANTIZE = {"q8_0": quantize_q8, "q8_k": quantize_q8_k}
+
+
 def _quant_matmul(code, R, T):
     @njit(cache=True, parallel=True)
     def matmul(w, xq, xd, xs, xsum4, out):
@@ -173,6 +204,11 @@ PANEL_MATMUL = {t: _panel_matmul(int(t), panels.ROWS, panels.GROUPS) for t in pa
 SUPPORTED = frozenset(QUANT_MATMUL) | frozenset(FLOAT_MATMUL)
 
 
+def activations(qtype: T) -> str | None:
+    """The kind of 8-bit activations a quantised type multiplies ("q8_0", "q8_k"); None for floats."""
+    return FORMATS[qtype].activations if qtype in FORMATS else None
+
+
 def block_weights(qtype: T) -> int:
     """Weights per block: a kernel's row must be a whole number of them (and of 32)."""
     return FORMATS[qtype].weights if qtype in FORMATS else 32
@@ -199,11 +235,12 @@ class Q8Activations:
                             np.empty((groups, k // 16, panels.LANES), np.int32))    # sumpanel: per 16
         self.panels = None  # the last fill's panels, or None
 
-    def fill(self, x: np.ndarray):
-        """Quantise x (n, k) -> (q, d, s, sum4) views for n tokens, the arguments of the quantised matmuls."""
+    def fill(self, x: np.ndarray, kind: str = "q8_0"):
+        """Quantise x (n, k) -> (q, d, s, sum4) views for n tokens, the arguments of the quantised matmuls;
+        kind: "q8_0" (per 32) or "q8_k" (per 256, for K-quants), as llama.cpp pairs them with weights."""
         n = x.shape[0]
         parts = self.q[:n], self.d[:n], self.s[:n], self.sum4[:n]
-        quantize_q8(x, *parts)
+        QUANTIZE[kind](x, *parts)
         self.panels = None
         if self._panels is not None and n >= PANEL_MIN:
             self.panels = tuple(p[: _panel_groups(n)] for p in self._panels)
@@ -232,7 +269,7 @@ def matmul(qtype: T, w: np.ndarray, x: np.ndarray, out: np.ndarray, q8: Q8Activa
         FLOAT_MATMUL[qtype](w, x, out)
         return out
     q8 = q8 or Q8Activations(x.shape[0], x.shape[1])
-    parts = q8.fill(x)
+    parts = q8.fill(x, FORMATS[qtype].activations)
     return quant_matmul(qtype, w, parts, q8.panels, out)
 
 

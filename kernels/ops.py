@@ -79,15 +79,17 @@ def halves_to_floats(src, dst):
 
 
 @njit(cache=True)
-def rope_tables(positions, rope_dim, base, cos, sin):
-    """cos, sin: (n, rope_dim/2) for theta_i = pos * base^(-2i/rope_dim), the way llama.cpp computes
-    them (ggml_rope_cache_init): in float32, theta multiplied by base^(-2/rope_dim) pair by pair."""
+def rope_tables(positions, rope_dim, base, factors, cos, sin):
+    """cos, sin: (n, rope_dim/2) for theta_i = pos * base^(-2i/rope_dim) / factors[i], the way llama.cpp
+    computes them (ggml_rope_cache_init): in float32, theta multiplied by base^(-2/rope_dim) pair by pair,
+    then divided by the file's frequency factor (rope_freqs; ones where it has none)."""
     scale = np.float32(base ** (-2.0 / rope_dim))
     for t in range(positions.shape[0]):
         theta = np.float32(positions[t])
         for i in range(rope_dim // 2):
-            cos[t, i] = math.cos(np.float64(theta))   # cosf, sinf: the float32 theta's, rounded once
-            sin[t, i] = math.sin(np.float64(theta))
+            angle = np.float32(theta / factors[i])
+            cos[t, i] = math.cos(np.float64(angle))   # cosf, sinf: the float32 angle's, rounded once
+            sin[t, i] = math.sin(np.float64(angle))
             theta = np.float32(theta * scale)
 
 

@@ -23,6 +23,8 @@ The numpy definition is the same as for kernels.matmul: x @ dequantize(W).T.
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
@@ -33,7 +35,9 @@ from . import cpu
 from .blocks import FORMATS
 from .simd import F32, I8, I32, _call_intrinsic, _const, _row_pointers, _splat, _store_out, vec
 
-AVAILABLE = cpu.has("vnni")
+# With VNNI; LLAMAFILE_PANELS=1 forces the panels on any x86 CPU, the dot products emulated (slowly), so
+# that their logic is tested on machines without VNNI (tests/test_kernels.py).
+AVAILABLE = cpu.has("vnni") or (os.environ.get("LLAMAFILE_PANELS") == "1" and not cpu.is_arm())
 LANES = 16         # tokens per group: one int32 lane each in a 512-bit register
 ROWS, GROUPS = 4, 2  # a tile: 4 weight rows x 2 groups of 16 tokens
 
@@ -70,7 +74,15 @@ def _lane_vector(builder, base, index, elt):
 
 
 def _vpdpbusd(builder, acc, unsigned, signed):
-    return _call_intrinsic(builder, "llvm.x86.avx512.vpdpbusd.512", vec(I32, LANES), [acc, unsigned, signed])
+    """acc + per lane: 4 unsigned bytes of `unsigned` times the 4 signed bytes of `signed`."""
+    if cpu.has("vnni"):
+        return _call_intrinsic(builder, "llvm.x86.avx512.vpdpbusd.512", vec(I32, LANES), [acc, unsigned, signed])
+    u = builder.zext(builder.bitcast(unsigned, vec(I8, 4 * LANES)), vec(I32, 4 * LANES))
+    s = builder.sext(builder.bitcast(signed, vec(I8, 4 * LANES)), vec(I32, 4 * LANES))
+    prod = builder.mul(u, s)
+    for j in range(4):
+        acc = builder.add(acc, _pick(builder, prod, list(range(j, 4 * LANES, 4))))
+    return acc
 
 
 def _panel_tile(fmt, R, G):

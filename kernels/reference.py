@@ -15,9 +15,12 @@ def rmsnorm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
     return (x / np.sqrt(ms + np.float32(eps)) * weight).astype(np.float32)
 
 
-def rope_angles(positions: np.ndarray, rope_dim: int, base: float) -> tuple[np.ndarray, np.ndarray]:
-    """positions: (n,) -> cos, sin of shape (n, rope_dim // 2); theta_i = pos * base^(-2i/rope_dim)."""
+def rope_angles(positions: np.ndarray, rope_dim: int, base: float, factors=None) -> tuple[np.ndarray, np.ndarray]:
+    """positions: (n,) -> cos, sin of shape (n, rope_dim // 2); theta_i = pos * base^(-2i/rope_dim) / factors[i]
+    (the file's rope_freqs, where it has them)."""
     inv_freq = base ** (-np.arange(0, rope_dim, 2, dtype=np.float64) / rope_dim)   # (rope_dim/2,)
+    if factors is not None:
+        inv_freq = inv_freq / np.asarray(factors, np.float64)
     theta = positions.astype(np.float64)[:, None] * inv_freq[None, :]             # (n, rope_dim/2)
     return np.cos(theta).astype(np.float32), np.sin(theta).astype(np.float32)
 

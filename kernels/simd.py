@@ -15,7 +15,7 @@ llama.cpp does: xq int8 (k,), xd float32 (k/32,) scales, xs float32 (k/32,) = xd
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
 
 from llvmlite import ir
 from numba import types
@@ -25,7 +25,9 @@ from numba.extending import intrinsic
 from . import cpu
 
 I8, I16, I32, F16, F32 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.HalfType(), ir.FloatType()
-WIDE = cpu.has("avx512")  # 512-bit vectors: two quantised blocks per step, 16 float lanes
+# 512-bit vectors: two quantised chunks per step, 16 float lanes. LLAMAFILE_WIDE=1 forces the same code
+# on an AVX2 CPU (LLVM splits the vectors), so its logic is tested there too (tests/test_kernels.py).
+WIDE = cpu.has("avx512") or os.environ.get("LLAMAFILE_WIDE") == "1"
 
 
 def vec(t, n):

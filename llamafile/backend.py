@@ -43,9 +43,9 @@ class NumpyBackend:
     def allocate(self, n_batch: int, n_heads: int, n_ctx: int, rope_dim: int) -> None:
         """Scratch sized by the model and context, once (the reference needs none)."""
 
-    def rope_angles(self, positions, rope_dim, base):
-        """cos, sin (n, rope_dim/2) for these positions: computed once per forward pass."""
-        return reference.rope_angles(positions, rope_dim, base)
+    def rope_angles(self, positions, rope_dim, base, factors=None):
+        """cos, sin (n, rope_dim/2) for these positions (factors: rope_freqs): computed once per forward pass."""
+        return reference.rope_angles(positions, rope_dim, base, factors)
 
     def store_kv(self, dst, values):
         """dst (uint16) = values (n, heads, head_dim) as halves: the cache's type, llama.cpp's default."""
@@ -74,18 +74,18 @@ class Prepared:
     """An activation (n, k) and, once a quantised matmul asks, its 8-bit form in the backend's scratch."""
 
     def __init__(self, x: np.ndarray, backend: "NumbaBackend"):
-        self.x, self.backend, self.q8, self.panels = x, backend, None, None
+        self.x, self.backend, self.forms = x, backend, {}
 
     @property
     def shape(self):
         return self.x.shape
 
-    def quantised(self):
-        """(parts, panels) as kernels.matmul.quant_matmul takes them."""
-        if self.q8 is None:
-            scratch = self.backend.q8_scratch(self.x.shape[1])
-            self.q8, self.panels = scratch.fill(self.x), scratch.panels
-        return self.q8, self.panels
+    def quantised(self, kind: str):
+        """(parts, panels) as kernels.matmul.quant_matmul takes them, for activations of this kind."""
+        if kind not in self.forms:
+            scratch = self.backend.q8_scratch(self.x.shape[1], kind)
+            self.forms[kind] = scratch.fill(self.x, kind), scratch.panels
+        return self.forms[kind]
 
 
 class NumbaBackend(NumpyBackend):
@@ -101,11 +101,11 @@ class NumbaBackend(NumpyBackend):
         from kernels import ops
         self.mm, self.ops = mm, ops
 
-    def q8_scratch(self, k: int):
-        """8-bit activations of width k, allocated on first use (once per width: n_embd, n_ff)."""
-        if k not in self._q8:
-            self._q8[k] = self.mm.Q8Activations(self.n_batch, k)
-        return self._q8[k]
+    def q8_scratch(self, k: int, kind: str):
+        """8-bit activations of width k and a kind, allocated on first use (once per width: n_embd, n_ff)."""
+        if (k, kind) not in self._q8:
+            self._q8[k, kind] = self.mm.Q8Activations(self.n_batch, k)
+        return self._q8[k, kind]
 
     def prepare(self, x: np.ndarray) -> Prepared:
         return Prepared(x, self)
@@ -117,17 +117,19 @@ class NumbaBackend(NumpyBackend):
         if w.type in self.mm.FLOAT_MATMUL:
             self.mm.FLOAT_MATMUL[w.type](w.data, x.x, out)
         else:
-            self.mm.quant_matmul(w.type, w.data, *x.quantised(), out)
+            self.mm.quant_matmul(w.type, w.data, *x.quantised(self.mm.activations(w.type)), out)
         return out
 
     def rmsnorm(self, x, weight, eps, out):
         self.ops.rmsnorm(x, weight, np.float32(eps), out)
         return out
 
-    def rope_angles(self, positions, rope_dim, base):
+    def rope_angles(self, positions, rope_dim, base, factors=None):
         n = len(positions)
         cos, sin = self._rope_cos[:n], self._rope_sin[:n]
-        self.ops.rope_tables(positions.astype(np.float64), rope_dim, float(base), cos, sin)
+        if factors is None:
+            factors = self._no_factors[: rope_dim // 2]
+        self.ops.rope_tables(positions.astype(np.float64), rope_dim, float(base), factors, cos, sin)
         return cos, sin
 
     def rope(self, x, angles, neox):
@@ -152,11 +154,12 @@ class NumbaBackend(NumpyBackend):
 
     def allocate(self, n_batch: int, n_heads: int, n_ctx: int, rope_dim: int) -> None:
         self.n_batch = n_batch
-        self._q8 = {}                                                # width -> Q8Activations
+        self._q8 = {}                                                # (width, kind) -> Q8Activations
         self._scores = np.empty((n_heads, n_ctx), np.float32)        # (heads, n_ctx)
         self._n_ctx, self._attention_scratch, self._kv_floats = n_ctx, None, None
         self._rope_cos = np.empty((n_batch, rope_dim // 2), np.float32)
         self._rope_sin = np.empty((n_batch, rope_dim // 2), np.float32)
+        self._no_factors = np.ones(rope_dim // 2, np.float32)
 
 
     def _blocked_scratch(self, head_dim: int) -> np.ndarray:

@@ -88,6 +88,25 @@ def test_q8_activations_match_llamacpp_rounding():
                 sum4[:1, :8].copy())  # zero block: no NaN
 
 
+def test_q8_k_activations_match_llamacpp_rounding():
+    """K-quant activations as llama.cpp's quantize_row_q8_K_ref: one float scale per 256, max / -127."""
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((3, 512)).astype(np.float32)
+    x[1, :256] = 0  # an all-zero block
+    q8 = Q8Activations(3, 512)
+    q, d, s, sum4 = q8.fill(x, "q8_k")
+    for t in range(3):
+        for b in range(2):
+            block = x[t, 256 * b : 256 * b + 256]
+            top = block[np.argmax(np.abs(block))]
+            iscale = np.float32(-127.0) / top if top else np.float32(0)
+            expect = np.minimum(127, np.round(iscale * block)).astype(np.int8)
+            np.testing.assert_array_equal(q[t, 256 * b : 256 * b + 256], expect)
+            np.testing.assert_array_equal(d[t, 8 * b : 8 * b + 8], np.float32(1) / iscale if top else 0)
+    np.testing.assert_allclose(s, d * q.reshape(3, 16, 32).sum(-1), rtol=1e-6)
+    np.testing.assert_array_equal(sum4, q.reshape(3, 128, 4).sum(-1, dtype=np.int32))
+
+
 @pytest.mark.parametrize("qtype", [T.Q4_1, T.Q4_K, T.Q6_K], ids=lambda t: t.name)
 @pytest.mark.parametrize("n", [1, 9, 40])
 def test_matmul_threads_are_deterministic(qtype, n):
@@ -146,7 +165,7 @@ def test_rope(neox):
     x = rng.standard_normal((6, 3, 64)).astype(np.float32)
     positions = np.arange(10, 16)
     cos, sin = np.empty((6, 32), np.float32), np.empty((6, 32), np.float32)
-    ops.rope_tables(positions.astype(np.float64), 64, 10000.0, cos, sin)
+    ops.rope_tables(positions.astype(np.float64), 64, 10000.0, np.ones(32, np.float32), cos, sin)
     ours = x.copy()
     ops.rope(ours, cos, sin, neox)
     np.testing.assert_allclose(ours, reference.rope(x, positions, 64, 10000.0, neox), rtol=1e-5, atol=1e-5)
@@ -203,7 +222,7 @@ def test_rope_tables_as_llamacpp_computes_them():
     """float32 theta, multiplied pair by pair (ggml_rope_cache_init): close to the exact angles."""
     positions = np.array([0.0, 1.0, 77.0, 4000.0])
     cos, sin = np.empty((4, 32), np.float32), np.empty((4, 32), np.float32)
-    ops.rope_tables(positions, 64, 10000.0, cos, sin)
+    ops.rope_tables(positions, 64, 10000.0, np.ones(32, np.float32), cos, sin)
     scale, theta = np.float32(10000.0 ** (-2 / 64)), positions.astype(np.float32)
     for i in range(32):
         np.testing.assert_array_equal(cos[:, i], np.cos(theta.astype(np.float64)).astype(np.float32))
@@ -231,6 +250,19 @@ def test_lower_cpu_levels(level):
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", __file__,
                         "-k", "matmul or attention or half"], env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+
+
+@pytest.mark.skipif(os.environ.get("LLAMAFILE_CPU") is not None or cpu.has("vnni") or cpu.is_arm(),
+                    reason="the panels run natively here, or cannot run")
+def test_avx512_code_emulated():
+    """The AVX-512 kernels' logic on a CPU without it: two chunks per step (LLAMAFILE_WIDE, LLVM splits
+    the vectors) and the VNNI prompt panels (LLAMAFILE_PANELS, dot products emulated), for a signed,
+    a 32-weight and two super-block formats. (Emulated panels compile slowly: a few formats only.)"""
+    env = dict(os.environ, LLAMAFILE_PANELS="1", LLAMAFILE_WIDE="1")
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", __file__,
+                        "-k", "matmul_matches and (Q8_0 or Q5_1 or Q4_K or Q2_K)"], env=env, capture_output=True,
+                       text=True, timeout=1800)
+    assert r.returncode == 0 and " passed" in r.stdout, r.stdout[-3000:] + r.stderr[-2000:]
 
 
 def test_cpu_level_choice():

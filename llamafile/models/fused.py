@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
-from kernels.matmul import SUPPORTED, block_weights, matvec, quantize_q8_serial, types_mask
+from kernels.matmul import (SUPPORTED, activations, block_weights, matvec, quantize_q8_k_serial, quantize_q8_serial,
+                            types_mask)
 from kernels.ops import attention, rmsnorm, rope, store_as_half, swiglu
 
 rmsnorm_serial, rope_serial, swiglu_serial = rmsnorm.serial, rope.serial, swiglu.serial
@@ -24,11 +25,30 @@ rmsnorm_serial, rope_serial, swiglu_serial = rmsnorm.serial, rope.serial, swiglu
 MATRICES = ("wq", "wk", "wv", "wo", "gate", "up", "down")  # the order of the per-block tables
 
 
+KINDS = {None: 0, "q8_0": 1, "q8_k": 2}  # the activations a matrix multiplies: float, or kernels.matmul.QUANTIZE
+
+
 @njit(cache=True, inline="always")
 def _weight(data, plan, l, j):
-    """The rows (rows, row_bytes) of matrix j of block l, a view of the mapped file; and its GGML type."""
-    offsets, rows, row_bytes, fmts = plan
-    return data[offsets[l, j] : offsets[l, j] + rows[l, j] * row_bytes[l, j]].reshape(rows[l, j], row_bytes[l, j]), fmts[l, j]
+    """The rows (rows, row_bytes) of matrix j of block l, a view of the mapped file; its GGML type and
+    activation kind."""
+    offsets, rows, row_bytes, fmts, kinds = plan
+    w = data[offsets[l, j] : offsets[l, j] + rows[l, j] * row_bytes[l, j]].reshape(rows[l, j], row_bytes[l, j])
+    return w, fmts[l, j], kinds[l, j]
+
+
+@njit(cache=True, inline="always")
+def _quantise(x, forms, plan, l, first, last):
+    """x's 8-bit forms (q8_0, q8_k) that matrices first..last of block l multiply, each made once."""
+    kinds = plan[4]
+    need_0, need_k = False, False
+    for j in range(first, last + 1):
+        need_0 |= kinds[l, j] == 1
+        need_k |= kinds[l, j] == 2
+    if need_0:
+        quantize_q8_serial(x, *forms[0])
+    if need_k:
+        quantize_q8_k_serial(x, *forms[1])
 
 
 def _decoder(mask: int):
@@ -40,20 +60,22 @@ def _decoder(mask: int):
                       eps, buffers, q8):
         """Run one token (x: (1, n_embd), updated in place) through every block at position pos.
 
-        plan: (offsets, rows, row_bytes, types), each (n_layer, 7) in MATRICES order;
+        plan: (offsets, rows, row_bytes, types, activation kinds), each (n_layer, 7) in MATRICES order;
         bias: (bq, bk, bv) each (n_layer, dim); cache_k, cache_v: (n_layer, n_ctx, n_head_kv, head_dim), uint16 halves.
         """
         h, q, k, v, att, proj, gate, up, ffn, scores = buffers
-        e8, a8, f8 = q8     # 8-bit activations (q, d, s, sum4) of width n_embd, q_dim, n_ff
+        e8, a8, f8 = q8     # 8-bit forms (q8_0, q8_k) of activations of width n_embd, q_dim, n_ff
         q2, k2, v2 = q.reshape(1, -1), k.reshape(1, -1), v.reshape(1, -1)          # (1, heads * head_dim)
         att3 = att.reshape(q.shape)                                                # (1, n_head, head_dim)
-        def project(l, j, x_in, x8, out):  # out (1, rows) = W x_in for matrix j of block l
-            w, fmt = _weight(data, plan, l, j)
+
+        def project(l, j, x_in, forms, out):  # out (1, rows) = W x_in for matrix j of block l
+            w, fmt, kind = _weight(data, plan, l, j)
+            x8 = forms[1] if kind == 2 else forms[0]
             matvec(mask, fmt, w, x_in, x8[0], x8[1], x8[2], x8[3], out)
 
         for l in range(attn_norm.shape[0]):
             rmsnorm_serial(x, attn_norm[l], eps, h)
-            quantize_q8_serial(h, *e8)
+            _quantise(h, e8, plan, l, 0, 2)
             project(l, 0, h, e8, q2)
             project(l, 1, h, e8, k2)
             project(l, 2, h, e8, v2)
@@ -66,15 +88,15 @@ def _decoder(mask: int):
             store_as_half(cache_k[l, pos : pos + 1], k)   # halves, as llama.cpp's cache
             store_as_half(cache_v[l, pos : pos + 1], v)
             attention(q, cache_k[l, : pos + 1], cache_v[l, : pos + 1], pos, scores, att3)
-            quantize_q8_serial(att, *a8)
+            _quantise(att, a8, plan, l, 3, 3)
             project(l, 3, att, a8, proj)
             x += proj
             rmsnorm_serial(x, ffn_norm[l], eps, h)
-            quantize_q8_serial(h, *e8)
+            _quantise(h, e8, plan, l, 4, 5)
             project(l, 4, h, e8, gate)
             project(l, 5, h, e8, up)
             swiglu_serial(gate, up, ffn)
-            quantize_q8_serial(ffn, *f8)
+            _quantise(ffn, f8, plan, l, 6, 6)
             project(l, 6, ffn, f8, proj)
             x += proj
     return decode_blocks
@@ -99,20 +121,22 @@ class FusedDecoder:
         weights = [getattr(b, m) for b in blocks for m in MATRICES]
         if any(w.type not in SUPPORTED or w.n_per_row % max(32, block_weights(w.type)) for w in weights):
             return None
+        if any(getattr(b, name) is not None for b in blocks for name in ("bo", "b_gate", "b_up", "b_down")):
+            return None  # biases past q/k/v (some llama files): step by step
         data = np.asarray(gguf.map).view(np.ndarray)                           # the whole file, uint8
         table = np.array([[(gguf.data_offset + getattr(b, m).offset, getattr(b, m).shape[0],
-                            getattr(b, m).data.shape[1], int(getattr(b, m).type)) for m in MATRICES]
-                          for b in blocks], dtype=np.int64)                    # (n_layer, 7, 4)
-        plan = tuple(np.ascontiguousarray(table[:, :, i]) for i in range(4))
+                            getattr(b, m).data.shape[1], int(getattr(b, m).type), KINDS[activations(getattr(b, m).type)])
+                           for m in MATRICES] for b in blocks], dtype=np.int64)   # (n_layer, 7, 5)
+        plan = tuple(np.ascontiguousarray(table[:, :, i]) for i in range(5))
         has_bias = any(b.bq is not None for b in blocks)
         bias = tuple(np.stack([getattr(b, name) if getattr(b, name) is not None
                                else np.zeros(getattr(b, w).shape[0], np.float32) for b in blocks]).astype(np.float32)
                      for name, w in (("bq", "wq"), ("bk", "wk"), ("bv", "wv")))
         c = net.config
         q_dim = c.n_head * c.head_dim
-        q8 = tuple((np.empty((1, width), np.int8), np.empty((1, width // 32), np.float32),
-                    np.empty((1, width // 32), np.float32), np.empty((1, width // 4), np.int32))
-                   for width in (c.n_embd, q_dim, c.n_ff))
+        q8 = tuple(tuple((np.empty((1, width), np.int8), np.empty((1, width // 32), np.float32),
+                          np.empty((1, width // 32), np.float32), np.empty((1, width // 4), np.int32)) for _ in ("q8_0", "q8_k"))
+                   for width in (c.n_embd, q_dim, c.n_ff))                   # (q8_0, q8_k) per width
         return cls(data, plan, np.stack([b.attn_norm for b in blocks]).astype(np.float32),
                    np.stack([b.ffn_norm for b in blocks]).astype(np.float32), bias, has_bias, q8,
                    _decoder(types_mask(w.type for w in weights)))

@@ -1,0 +1,103 @@
+"""llama.cpp's tiny random-weight test models (../shared/reference/archs) against its logits.
+
+Each model has four token sequences with llama.cpp's full log-softmax at every position; we
+compare centred log-probs by NMSE over all positions, with the bounds of the archs README:
+F16/F32 models 1e-4, quantised ones max(1e-4, 0.2 Q) against llama.cpp on the same file and
+1.25 Q against its F32 model, Q being llama.cpp's own quantised-vs-F32 error (README table).
+"""
+from __future__ import annotations
+
+import json
+import re
+
+import numba
+import numpy as np
+import pytest
+
+from conftest import REFERENCE
+
+ARCHS = REFERENCE / "archs"
+QUANT_TYPES = ("Q4_K_M", "Q5_K_M", "Q6_K", "Q3_K_M", "Q2_K", "IQ4_XS", "IQ4_NL", "Q5_0", "Q5_1")
+
+
+def _q_table() -> dict[str, float]:
+    """llama.cpp's own error Q per quantised model, from the README's table."""
+    text = (ARCHS / "README.md").read_text()
+    return {m: float(q) for m, q in re.findall(r"^\| ([\w-]+) \| ([0-9.e+-]+) \|$", text, re.M)}
+
+
+def records(model: str) -> list[dict]:
+    with open(ARCHS / "logits" / f"{model}.jsonl") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def centred(logp: np.ndarray) -> np.ndarray:
+    return logp - logp.mean(axis=-1, keepdims=True)
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits.astype(np.float64) - logits.max(axis=-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+
+
+def nmse(ours: list[np.ndarray], ref: list[np.ndarray]) -> float:
+    num = sum(float(((centred(a) - centred(b)) ** 2).sum()) for a, b in zip(ours, ref))
+    return num / sum(float((centred(b) ** 2).sum()) for b in ref)
+
+
+def load(model: str):
+    import llamafile
+    return llamafile.load(ARCHS / "models" / f"{model}.gguf", n_ctx=256)
+
+
+def all_logprobs(m, recs) -> list[np.ndarray]:
+    return [log_softmax(m.logits(r["ids"])) for r in recs]
+
+
+@pytest.fixture(scope="module")
+def q_table():
+    return _q_table()
+
+
+@pytest.mark.parametrize("qtype", QUANT_TYPES)
+def test_quantised_llama_against_llamacpp(qtype, q_table):
+    """Through the kernels at 1 and 2 threads (bit-identical), within the README's bounds."""
+    name = f"llama-{qtype}"
+    recs, f32 = records(name), records("llama-dense-f32")
+    m = load(name)
+    results = []
+    for threads in (1, 2):
+        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+        results.append(all_logprobs(m, recs))
+    numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)
+    ours, Q = results[0], q_table[name]
+    same = nmse(ours, [np.array(r["logprobs"]) for r in recs])
+    vs_f32 = nmse(ours, [np.array(r["logprobs"]) for r in f32])
+    assert same <= max(1e-4, 0.2 * Q), f"{name}: NMSE {same:.2e} against llama.cpp on the same file"
+    assert vs_f32 <= 1.25 * Q, f"{name}: NMSE {vs_f32:.2e} against llama.cpp's F32 model (Q = {Q:.2e})"
+
+
+@pytest.mark.parametrize("model", ["llama-dense-f32", "llama-dense", "llama-Q4_K_M", "llama-Q6_K"])
+def test_greedy_and_decoding_one_by_one(model):
+    """Greedy ids as llama.cpp's up to its first small margin; decoding the ids one at a time stays in bound."""
+    m = load(model)
+    rec = records(model)[2]
+    cut = next((k for k, margin in enumerate(rec["margins"]) if margin < 0.05), len(rec["gen"]))
+    ours = list(m.generate(rec["ids"], max_tokens=max(cut, 1), temperature=0.0))
+    assert ours[:cut] == rec["gen"][:cut]
+    m.reset()
+    m.eval(rec["ids"][:1])
+    steps = [log_softmax(m.eval([t]).copy()[None])[0] for t in rec["ids"][1:]]
+    one_by_one = nmse([np.stack(steps)], [np.array(rec["logprobs"][1:])])
+    assert one_by_one <= max(1e-4, 0.2 * _q_table().get(model, 0.0))
+
+
+def test_test_vocabulary_runs_on_ids_only():
+    """llama.cpp's dummy `test` tokenizer: the model loads and runs on ids; text is a clear error."""
+    import llamafile
+    m = load("llama-Q4_K_M")
+    assert m.logits([1, 2, 3]).shape == (3, m.config.n_vocab)
+    with pytest.raises(llamafile.GGUFError, match="tokenizer 'test'"):
+        m.tokenize("hello")
