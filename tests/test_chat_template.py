@@ -70,8 +70,8 @@ def _margin_cut(record, tau=0.5) -> int:
 @pytest.mark.parametrize("record", [r for r in read_jsonl("chat_qwen05.jsonl") if _margin_cut(r) > 0],
                          ids=lambda r: r["messages"][-1]["content"][:30])
 def test_qwen05_greedy_chat_reply(record):
-    """Qwen2.5-Coder (qwen2 architecture, biases, K-quants on the numpy path): llama.cpp's
-    greedy reply up to the first step whose margin is below 0.5 (only that far: it is slow)."""
+    """Qwen2.5-Coder (qwen2 architecture, biases, Q4_K_M through the kernels): llama.cpp's
+    greedy reply up to the first step whose margin is below 0.5."""
     from conftest import loaded_model
     qwen = loaded_model("qwen05")
     cut = _margin_cut(record)

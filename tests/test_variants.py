@@ -1,4 +1,4 @@
-"""The kernel path on all six SmolLM2 files against llama.cpp, at 1 and 2 threads.
+"""The kernel path on all six SmolLM2 files and Qwen2.5-Coder-0.5B Q4_K_M against llama.cpp, at 1 and 2 threads.
 
 Bounds from ../shared/reference/README.md: *same file* for every file; *exact arithmetic*
 against the f32 reference for f32/f16/bf16; *at least as accurate as llama.cpp* for the
@@ -15,6 +15,7 @@ from refcheck import compare, greedy_prefix_ok, summarise
 
 FLOAT_FILES = ["smollm2-f32", "smollm2-f16", "smollm2-bf16"]
 QUANT_FILES = ["smollm2", "smollm2-q8_0", "smollm2-q4_0"]
+OTHER_FILES = ["qwen05"]  # qwen2, Q4_K_M: Q5_0, Q8_0, Q6_K and Q4_K matrices; no f32 reference
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +36,7 @@ def logits_by_threads():
     return get
 
 
-@pytest.mark.parametrize("name", FLOAT_FILES + QUANT_FILES)
+@pytest.mark.parametrize("name", FLOAT_FILES + QUANT_FILES + OTHER_FILES)
 def test_same_file_and_thread_determinism(logits_by_threads, name):
     runs = logits_by_threads(name)
     for one, two in zip(runs[1], runs[2]):
@@ -76,7 +77,7 @@ def test_quantised_files_as_accurate_as_llamacpp(logits_by_threads, name):
     assert top1 >= ref_top1 - 0.01, f"top-1 {top1:.2%} vs llama.cpp's {ref_top1:.2%}"
 
 
-@pytest.mark.parametrize("name,tau", [("smollm2-q8_0", 0.5), ("smollm2-f16", 0.05)])
+@pytest.mark.parametrize("name,tau", [("smollm2-q8_0", 0.5), ("smollm2-f16", 0.05), ("qwen05", 0.5)])
 def test_greedy_continuations(name, tau):
     model = loaded_model(name)
     for record in read_jsonl(f"gen_{name}.jsonl"):
