@@ -2,6 +2,7 @@
 
     python bench/bench.py                          # the six SmolLM2 files, 1 and 2 threads
     python bench/bench.py --models smollm2 --threads 2
+    python bench/bench.py --models qwen05 smollm2-q4_k_m   # llama.cpp-quantised files (the bench extra)
 
 For each file and thread count: our tok/s, llama.cpp's from ../shared/reference/llamacpp_bench.json
 (llama-bench on this machine) and the ratio; if llama-cpp-python is installed
@@ -29,7 +30,12 @@ import numpy as np  # noqa: E402
 import llamafile  # noqa: E402
 from weights.fetch import fetch  # noqa: E402
 
-VARIANTS = ["smollm2", "smollm2-q8_0", "smollm2-q4_0", "smollm2-f16", "smollm2-bf16", "smollm2-f32"]
+VARIANTS = ["smollm2", "smollm2-q8_0", "smollm2-q4_0", "smollm2-f16", "smollm2-bf16", "smollm2-f32",
+            "qwen05", "smollm2-q4_k_m"]
+# "<catalogue model>-<type>": made from the model's f32 variant by llama.cpp's own quantiser
+# (llama-cpp-python, the bench extra), into the cache's bench/ folder; never committed.
+LLAMA_FTYPES = {"q4_k_m": 15, "q4_k_s": 14, "q5_k_m": 17, "q6_k": 18, "q3_k_m": 12, "q2_k": 10,
+                "q5_0": 8, "q5_1": 9, "iq4_nl": 25, "iq4_xs": 30}
 REFERENCE = REPO.parent / "shared" / "reference" / "llamacpp_bench.json"
 
 
@@ -98,6 +104,29 @@ def live_llamacpp(path: Path, threads: int, n_ctx: int):
     return llm
 
 
+def bench_file(name: str) -> Path:
+    """The catalogue's file, or one llama.cpp quantises for the bench (see LLAMA_FTYPES)."""
+    base, _, kind = name.rpartition("-")
+    if kind not in LLAMA_FTYPES:
+        return fetch(name, progress=False)
+    import ctypes
+
+    import llama_cpp  # the bench extra
+    from weights.fetch import cache_dir
+    dst = cache_dir() / "bench" / f"{name}.gguf"
+    if not dst.exists():
+        src = fetch(f"{base}-f32", progress=False)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dst.with_suffix(".partial")
+        params = llama_cpp.llama_model_quantize_default_params()
+        params.ftype = LLAMA_FTYPES[kind]
+        params.nthread = 2
+        if llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), ctypes.byref(params)) != 0:
+            raise SystemExit(f"llama_model_quantize failed for {name}")
+        tmp.replace(dst)
+    return dst
+
+
 def llamacpp_figures() -> dict:
     """(file name, threads, 'pp'|'tg') -> tok/s from llama-bench's JSON."""
     out = {}
@@ -127,7 +156,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     nan = float("nan")
     for name in args.models:
-        path = fetch(name, progress=False)
+        path = bench_file(name)
         n_ctx = args.pp + args.tg + 16
         model = llamafile.load(path, n_ctx=n_ctx)
         bytes_per_token = weight_bytes_per_token(model)
