@@ -37,7 +37,8 @@ def apply_penalties(logits: np.ndarray, recent: list[int], p: SamplingParams) ->
     ids, counts = np.unique(np.asarray(recent, dtype=np.int64), return_counts=True)
     out = logits.astype(np.float32, copy=True)
     x = out[ids]
-    x = np.where(x <= 0, x * p.repeat_penalty, x / p.repeat_penalty)
+    with np.errstate(divide="ignore", invalid="ignore"):  # a penalty of 0 gives infinities: handled by the sampler
+        x = np.where(x <= 0, x * p.repeat_penalty, x / p.repeat_penalty)
     out[ids] = x - counts * p.frequency_penalty - p.presence_penalty
     return out
 
@@ -73,7 +74,8 @@ class Sampler:
             params = SamplingParams(temperature=t, seed=seed)
         self.params = params
         self.rng = np.random.default_rng(params.seed)
-        self.recent: deque[int] = deque(maxlen=None if params.repeat_last_n < 0 else params.repeat_last_n)
+        last_n = int(params.repeat_last_n)
+        self.recent: deque[int] = deque(maxlen=None if last_n < 0 else min(last_n, 1 << 30))
 
     @property
     def penalised(self) -> bool:
@@ -96,9 +98,14 @@ class Sampler:
             logits = logits.astype(np.float32, copy=True)
             for token, bias in p.logit_bias.items():
                 logits[token] += bias
+        # Penalties and biases can make logits infinite (repeat_penalty 0 divides by zero, a bias of
+        # -inf bans a token): +inf is the largest finite float, and -inf a token that cannot be drawn.
+        logits = np.nan_to_num(logits, nan=-np.inf, posinf=np.finfo(np.float32).max)
         if p.temperature <= 0:
             return greedy(logits)
         ids, vals = truncate(logits, p)
-        z = vals / p.temperature
-        probs = np.exp(z - z[0])
+        if not np.isfinite(vals[0]):  # every candidate banned: nothing to draw from, take the first
+            return int(ids[0])
+        with np.errstate(over="ignore"):  # a tiny temperature: -inf for all but the best, as it should
+            probs = np.exp((vals - vals[0]) / p.temperature)  # in [0, 1] for any temperature > 0, never NaN
         return int(ids[self.rng.choice(len(ids), p=probs / probs.sum())])

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from llamafile.sampling import Sampler, SamplingParams, apply_penalties, truncate
 
@@ -70,3 +71,26 @@ def test_low_temperature_sharpens():
 def test_logit_bias_can_ban_a_token():
     s = Sampler(SamplingParams(temperature=0.0, logit_bias={0: -np.inf}))
     assert s(np.array([5.0, 1.0], dtype=np.float32)) == 1
+
+
+@pytest.mark.parametrize("params", [dict(repeat_penalty=0.0, temperature=0.8), dict(temperature=1e-320),
+                                    dict(temperature=1e30), dict(repeat_penalty=0.0, temperature=1e-320, top_k=0)],
+                         ids=["repeat_penalty 0", "tiny temperature", "huge temperature", "both"])
+def test_no_parameters_make_nan(params):
+    """llama.cpp's clamps: whatever the fields, a token is drawn (no 'probabilities contain NaN')."""
+    s = Sampler(SamplingParams(seed=0, **params))
+    for t in (0, 1, 2):
+        s.accept(t)
+    logits = np.array([3.0, -2.0, 0.0, 1.0], dtype=np.float32)
+    assert all(0 <= s(logits) < 4 for _ in range(50))
+
+
+def test_every_token_banned_still_answers():
+    s = Sampler(SamplingParams(temperature=0.8, seed=0, logit_bias={0: -np.inf, 1: -np.inf}))
+    assert s(np.array([1.0, 2.0], dtype=np.float32)) in (0, 1)
+
+
+def test_huge_repeat_last_n_is_all():
+    s = Sampler(SamplingParams(repeat_last_n=10**20, repeat_penalty=1.5))
+    s.accept(1)
+    assert s(np.array([1.0, 1.2], dtype=np.float32)) in (0, 1)
