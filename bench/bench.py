@@ -22,6 +22,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
 
 import kernels  # noqa: E402,F401  (fixes the CPU level before numba loads)
 import numba  # noqa: E402
@@ -107,6 +108,9 @@ def live_llamacpp(path: Path, threads: int, n_ctx: int):
 def bench_file(name: str) -> Path:
     """The catalogue's file, or one llama.cpp quantises for the bench (see LLAMA_FTYPES)."""
     base, _, kind = name.rpartition("-")
+    import shapes  # bench/shapes.py: random weights with real models' dimensions
+    if base in shapes.SHAPES:
+        return shapes.model_file(name)
     if kind not in LLAMA_FTYPES:
         return fetch(name, progress=False)
     import ctypes
