@@ -121,6 +121,9 @@ class Model:
         """Logits after ids (n_vocab,), reusing the longest prefix of ids the context already holds.
 
         A chat's next turn, or a server request sharing a system prompt, evaluates only what is new.
+        The last token always goes through the one-token path, alone: a token evaluated in a batch
+        and alone can differ in the last bits, and this way the logits a generation starts from are
+        the same whether the prefix was reused or not, so the same request gives the same answer.
         """
         ids = [int(t) for t in ids]
         common = 0
@@ -129,7 +132,9 @@ class Model:
                 break
             common += 1
         self.truncate(common)
-        return self.eval(ids[common:])
+        if len(ids) - common > 1:
+            self.eval(ids[common:-1])
+        return self.eval(ids[-1:])
 
     def warmup(self) -> None:
         """Evaluate a few tokens and forget them, so the kernels are compiled or loaded from

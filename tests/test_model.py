@@ -99,3 +99,17 @@ def test_fused_decode_is_the_step_by_step_path(name):
         np.testing.assert_array_equal(decode(True), decode(False))
     finally:
         model.net.fuse_decode = type(model.net).fuse_decode
+
+
+@pytest.mark.parametrize("name", ["smollm2", "smollm2-bf16"])
+def test_same_prompt_same_logits_with_or_without_reuse(name):
+    """eval_prompt's last token always goes through the one-token path, so a prompt evaluated fresh
+    and again after its own generation (prefix reused) gives the same logits. (After a longer prompt
+    the prefix was evaluated in a different batch: that needs batch-invariant kernels, issue 15.)"""
+    model = loaded_model(name)
+    ids = read_jsonl("gen_smollm2-f32.jsonl")[0]["prompt_ids"]
+    model.reset()
+    fresh = model.eval_prompt(ids).copy()
+    list(model.generate(ids, max_tokens=4))   # the context now holds ids and a reply
+    reused = model.eval_prompt(ids).copy()
+    np.testing.assert_array_equal(fresh, reused)
