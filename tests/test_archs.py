@@ -14,9 +14,9 @@ import numba
 import numpy as np
 import pytest
 
-from conftest import REFERENCE
+from conftest import ARCHS, need_archs
 
-ARCHS = REFERENCE / "archs"
+need_archs()
 QUANT_TYPES = ("Q4_K_M", "Q5_K_M", "Q6_K", "Q3_K_M", "Q2_K", "IQ4_XS", "IQ4_NL", "Q5_0", "Q5_1")
 
 

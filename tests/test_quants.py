@@ -8,11 +8,11 @@ import pytest
 from gguf import GGMLQuantizationType as T
 from gguf import quants as gguf_quants
 
-from conftest import REFERENCE
+from conftest import ARCHS
 from weights.gguf import GGUFFile
 from weights.quants import FORMATS, QuantError, UnsupportedType, block_shape, dequantize
 
-MODELS = REFERENCE / "archs" / "models"
+MODELS = ARCHS / "models"
 
 # Byte offsets of each format's f16 scale fields: random bytes there could be inf/NaN,
 # so the random-block test overwrites them with real halves.
