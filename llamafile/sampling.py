@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from kernels.select import top_k
+
 
 @dataclass
 class SamplingParams:
@@ -47,8 +49,11 @@ def truncate(logits: np.ndarray, p: SamplingParams) -> tuple[np.ndarray, np.ndar
     """The candidates top-k, top-p and min-p leave: (ids, logits), most likely first."""
     n = len(logits)
     k = n if p.top_k <= 0 else min(p.top_k, n)
-    ids = np.argpartition(-logits, k - 1)[:k] if k < n else np.arange(n)
-    ids = ids[np.lexsort((ids, -logits[ids]))]  # by logit, then by id
+    if k < n:   # one pass over the vocabulary (kernels.select), by logit then by id
+        ids, best = np.empty(k, np.int64), np.empty(k, np.float64)
+        ids = ids[: top_k(logits, k, ids, best)]
+    else:
+        ids = np.lexsort((np.arange(n), -logits))
     vals = logits[ids].astype(np.float64)
     if p.top_p < 1.0:
         probs = np.exp(vals - vals[0])
@@ -100,7 +105,8 @@ class Sampler:
                 logits[token] += bias
         # Penalties and biases can make logits infinite (repeat_penalty 0 divides by zero, a bias of
         # -inf bans a token): +inf is the largest finite float, and -inf a token that cannot be drawn.
-        logits = np.nan_to_num(logits, nan=-np.inf, posinf=np.finfo(np.float32).max)
+        if not np.isfinite(logits).all():
+            logits = np.nan_to_num(logits, nan=-np.inf, posinf=np.finfo(np.float32).max)
         if p.temperature <= 0:
             return greedy(logits)
         ids, vals = truncate(logits, p)

@@ -276,3 +276,16 @@ def test_cpu_level_choice():
     assert cpu.LEVEL in cpu.levels()
     with pytest.raises(cpu.CPULevelError, match="unknown"):
         cpu.choose("pentium")
+
+
+@pytest.mark.parametrize("n,k", [(1, 1), (10, 3), (1000, 40), (262144, 40), (50, 50), (50, 80)])
+def test_top_k_matches_reference(n, k):
+    from kernels.select import reference_top_k, top_k
+    rng = np.random.default_rng(n + k)
+    for values in (rng.standard_normal(n).astype(np.float32),
+                   rng.integers(0, 5, n).astype(np.float32),                   # many ties
+                   np.where(rng.random(n) < 0.1, np.nan, rng.standard_normal(n)).astype(np.float32)):
+        ids, best = np.empty(k, np.int64), np.empty(k, np.float64)
+        m = top_k(values, k, ids, best)
+        ref = reference_top_k(values, k)
+        np.testing.assert_array_equal(ids[:m], ref)
