@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import struct
 
+import numpy as np
+
 from ..errors import TokenizerError
 from .base import BYTE, CONTROL, NORMAL, UNKNOWN, USER_DEFINED, Tokenizer
 
@@ -51,21 +53,28 @@ def model_proto(tokens, scores, types, *, model_type: int, unk_id: int | None, b
                 charsmap: bytes = b"", add_dummy_prefix=False, remove_extra_whitespaces=False,
                 escape_whitespaces=False) -> bytes:
     """A serialised sentencepiece ModelProto for these pieces (no protobuf package needed)."""
-    seen: set[str] = set()
+    # the hot loop for 262k pieces: each is ModelProto.pieces (field 1) holding piece (1), score (2), type (3)
+    last = {t: i for i, t in enumerate(tokens)}  # a repeated text keeps its last id, as llama.cpp
+    allowed = {NORMAL, CONTROL, USER_DEFINED, 5} | ({BYTE} if byte_fallback else set())
+    kinds = [int(k) if k in allowed else CONTROL for k in (types.tolist() if hasattr(types, "tolist") else types)]
+    if unk_id is not None:
+        kinds[unk_id] = UNKNOWN  # the library needs exactly one unknown piece (Gemma types its <unk> control)
+    f32 = np.asarray(scores, dtype="<f4").tobytes()
+    small = [_varint(n) for n in range(1 << 14)]
+    kind_tail = [b"\x18" + _varint(k) for k in range(8)]
     pieces = []
-    for i in range(len(tokens) - 1, -1, -1):  # a repeated text keeps its last id, as llama.cpp
-        text, kind = tokens[i], types[i]
-        if text in seen:
-            text, kind = f"\x00duplicate {i}", CONTROL
-        seen.add(text)
-        if kind not in (NORMAL, UNKNOWN, CONTROL, USER_DEFINED, BYTE, 5):
-            kind = CONTROL  # undefined types: never produced
-        if kind == UNKNOWN and i != unk_id:
-            kind = CONTROL  # the library allows one unknown piece
-        if kind == BYTE and not byte_fallback:
-            kind = CONTROL
-        pieces.append(_field(1, _field(1, text) + _field(2, float(scores[i])) + _field(3, kind)))
-    pieces.reverse()
+    for i, text in enumerate(tokens):
+        if last[text] != i:
+            text = f"\x00duplicate {i}"
+        raw = text.encode("utf-8")
+        n = len(raw)
+        body = b"".join((b"\x0a", small[n] if n < 16384 else _varint(n), raw, b"\x15", f32[4 * i:4 * i + 4],
+                         kind_tail[kinds[i]]))
+        m = len(body)
+        pieces.append(b"\x0a" + (small[m] if m < 16384 else _varint(m)) + body)
+    if unk_id is None:  # no unknown token: one more piece, past the vocabulary (encode drops its id)
+        unk_id = len(tokens)
+        pieces.append(_field(1, _field(1, "\x00unknown") + _field(2, 0.0) + _field(3, UNKNOWN)))
     trainer = (_field(3, model_type) + _field(35, byte_fallback) + _field(40, -1 if unk_id is None else unk_id)
                + _field(41, -1) + _field(42, -1) + _field(43, -1))
     normalizer = (_field(1, "identity" if not charsmap else "nmt_nfkc") + (_field(2, charsmap) if charsmap else b"")
@@ -94,14 +103,9 @@ class SPMTokenizer(Tokenizer):
     add_space_prefix_default = True
 
     def _setup(self, meta: dict) -> None:
-        unk = self.unk_id
-        if unk is None or self.token_types[unk] != UNKNOWN:
-            unk = next((i for i, t in enumerate(self.token_types) if t == UNKNOWN), None)
-        if unk is None:  # the library needs one; a piece no text can produce
-            raise TokenizerError(f"{self.path}: SentencePiece vocabulary without an unknown token")
         has_bytes = any(t == BYTE for t in self.token_types)
         self.sp = processor(model_proto(self.tokens, self.scores, self.token_types, model_type=_BPE,
-                                        unk_id=unk, byte_fallback=has_bytes), self.path)
+                                        unk_id=self.unk_id, byte_fallback=has_bytes), self.path)
 
     def _encode_fragments(self, fragments: list, ids: list[int]) -> None:
         prev_special = True  # llama.cpp: a space before the first text and after every special token
@@ -116,4 +120,6 @@ class SPMTokenizer(Tokenizer):
                 prev_special = False
 
     def encode_text(self, text: str) -> list[int]:
-        return self.sp.encode(text.replace(" ", "▁"))
+        ids = self.sp.encode(text.replace(" ", "▁"))
+        n = len(self.tokens)
+        return ids if all(i < n for i in ids) else [i for i in ids if i < n]

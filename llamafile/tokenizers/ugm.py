@@ -7,7 +7,7 @@ Special tokens are cut out first (base.Tokenizer.partition), as llama.cpp does.
 """
 from __future__ import annotations
 
-from .base import BYTE, UNKNOWN, Tokenizer
+from .base import BYTE, Tokenizer
 from .spm import _UNIGRAM, model_proto, processor
 
 
@@ -17,16 +17,15 @@ class UGMTokenizer(Tokenizer):
     add_eos_default = True
 
     def _setup(self, meta: dict) -> None:
-        unk = self.unk_id
-        if unk is None or self.token_types[unk] != UNKNOWN:
-            unk = next((i for i, t in enumerate(self.token_types) if t == UNKNOWN), unk)
         charsmap = meta.get("tokenizer.ggml.precompiled_charsmap")
         charsmap = bytes(charsmap.astype("uint8").tobytes()) if charsmap is not None else b""
         self.sp = processor(model_proto(self.tokens, self.scores, self.token_types, model_type=_UNIGRAM,
-                                        unk_id=unk, byte_fallback=any(t == BYTE for t in self.token_types),
+                                        unk_id=self.unk_id, byte_fallback=any(t == BYTE for t in self.token_types),
                                         charsmap=charsmap, add_dummy_prefix=self.add_space_prefix,
                                         remove_extra_whitespaces=self.remove_extra_whitespaces,
                                         escape_whitespaces=True), self.path)
 
     def encode_text(self, text: str) -> list[int]:
-        return self.sp.encode(text)
+        ids = self.sp.encode(text)
+        n = len(self.tokens)
+        return ids if all(i < n for i in ids) else [i for i in ids if i < n]
