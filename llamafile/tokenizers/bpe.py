@@ -30,7 +30,7 @@ QWEN35 = _CONTRACTIONS + (r"|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p
 _CJK = r"[一-龥ࠀ-一가-퟿]+"
 # written with escapes: NFC would fold some of these characters (U+1F7D, U+2126, U+212A, ...) into others
 _DEEPSEEK_LETTERS = (
-    "\s?[A-Za-z\u00b5\u00c0-\u00d6\u00d8-"
+    "\\s?[A-Za-z\u00b5\u00c0-\u00d6\u00d8-"
     "\u00f6\u00f8-\u01ba\u01bc-\u01bf\u01c4-\u0293\u0295-\u02af\u0370-\u0373"
     "\u0376\u0377\u037b-\u037d\u037f\u0386\u0388-\u038a\u038c\u038e-\u03a1\u03a3-"
     "\u03f5\u03f7-\u0481\u048a-\u052f\u0531-\u0556\u10a0-\u10c5\u13a0-\u13f5"
