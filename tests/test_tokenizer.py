@@ -192,3 +192,15 @@ def test_unknown_pre_tokenizer_is_one_error_naming_it():
             "tokenizer.ggml.merges": []}
     with pytest.raises(TokenizerError, match="pre-tokenizer 'nonesuch'"):
         from_metadata(meta, "x.gguf")
+
+
+def test_special_tokens_are_cut_longest_first_over_the_whole_text():
+    """llama.cpp cuts each special token out of the whole text in turn, longest first, not leftmost first."""
+    tokens = ["a", "b", "c", "d", "e", "f", "g", "cdefg", "abcd", "ab"]
+    types = [1] * 7 + [4, 4, 4]  # user-defined: always cut out
+    meta = {"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "gpt-2", "tokenizer.ggml.tokens": tokens,
+            "tokenizer.ggml.token_type": types, "tokenizer.ggml.merges": []}
+    tok = from_metadata(meta, "tiny.gguf")
+    assert tok.tokenize("abcdefg", add_special=False) == [9, 7]  # ab, cdefg (leftmost first would give abcd e f g)
+    assert tok.tokenize("xabcdx", add_special=False) == [8]      # abcd; x is no token, no byte token either
+    assert tok.tokenize("abab", add_special=False) == [9, 9]

@@ -268,8 +268,7 @@ class Tokenizer:
             ids = [i for i in self._special if not self.attrs[i] & skip]
             texts = {self.tokens[i]: i for i in reversed(ids)}
             prefixes = {t: [texts[t[:k]] for k in range(1, len(t) + 1) if t[:k] in texts] for t in texts}
-            pattern = regex.compile("|".join(regex.escape(t) for t in sorted(texts, key=len, reverse=True))) \
-                if texts else None
+            pattern = regex.compile(_trie_pattern(texts)) if texts else None
             self._special_re[parse_special] = (pattern, prefixes)
         return self._special_re[parse_special]
 
@@ -335,6 +334,32 @@ class StreamDecoder:
             return text
         text, self._held = self._held + text, ""
         return clean_spaces(text)
+
+
+def _trie_pattern(texts) -> str:
+    """One regex matching the longest of `texts` at a position, written as a trie: thousands of Gemma's
+    control tokens as a plain alternation make the regex engine try each one at every character."""
+    trie: dict = {}
+    for t in texts:
+        node = trie
+        for c in t:
+            node = node.setdefault(c, {})
+        node[""] = True
+
+    def emit(node: dict) -> str:
+        alts = [regex.escape(c) + emit(child) for c, child in sorted(node.items()) if c]
+        if not alts:
+            return ""
+        body = alts[0] if len(alts) == 1 else "(?:" + "|".join(alts) + ")"
+        return f"(?:{body})?" if "" in node else body
+
+    import sys
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(limit, 2 * max(map(len, texts)) + 100))
+    try:
+        return emit(trie)
+    finally:
+        sys.setrecursionlimit(limit)
 
 
 _CLEAN_1 = regex.compile(r" ([?!.,])")
