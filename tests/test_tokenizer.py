@@ -48,6 +48,21 @@ def test_vocabulary_without_cases_loads_and_round_trips(name):
     assert tok.detokenize(ids) == text
 
 
+def test_unigram_through_sentencepiece_equals_llamacpps_algorithm():
+    """nomic-bert-moe (t5) has no .inp/.out: hold it to a transcription of llama.cpp's llm_tokenizer_ugm,
+    on every test text of the suite."""
+    from ugm_reference import UGMReference
+    from weights.gguf import GGUFFile
+    path = llamacpp_vocabs.vocab_path("nomic-bert-moe")
+    tok = vocab("nomic-bert-moe")
+    ref = UGMReference(tok, GGUFFile(path).get("tokenizer.ggml.precompiled_charsmap").tobytes())
+    texts = [t for n in WITH_CASES for t, _ in llamacpp_vocabs.cases(n)]
+    fragments = [f for t in texts for f in tok.partition(t, False) if isinstance(f, str)]
+    wrong = [(f[:40], tok.encode_text(f)[:12], ref.encode(f)[:12]) for f in fragments
+             if tok.encode_text(f) != ref.encode(f)]
+    assert len(fragments) > 600 and not wrong, wrong[:3]
+
+
 # what llama.cpp adds with add_special: (first ids, last ids)
 ADDED = {"llama-bpe": ([128000], []), "llama-spm": ([1], []), "phi-3": ([1], []), "gemma-4": ([2], []),
          "bert-bge": ([101], [102]), "command-r": ([5], []), "deepseek-coder": ([32013], []),
