@@ -63,6 +63,34 @@ def test_unigram_through_sentencepiece_equals_llamacpps_algorithm():
     assert len(fragments) > 600 and not wrong, wrong[:3]
 
 
+SPM_EXTRA = ["<s>", "</s>", "<unk>", "a</s>b", "<0x41>", "<start_of_turn>user", "<end_of_turn>", "<|user|>",
+             "<|endoftext|>", "<mask>", "<pad>", "<unused12>", "[multimodal]", "   a  b   ", "\n\n\n", "<bos>hi<eos>"]
+
+
+@pytest.mark.parametrize("name", ["llama-spm", "phi-3", "baichuan", "gemma3"])
+def test_sentencepiece_through_the_library_equals_llamacpps_algorithm(name):
+    """SentencePiece through the library against a transcription of llama.cpp's llm_tokenizer_spm: the suite's
+    texts, special-token texts left as plain text, and random strings."""
+    from spm_reference import SPMReference
+    tok = model_tokenizer(name) if name == "gemma3" else vocab(name)
+    ref = SPMReference(tok)
+    rng = random.Random(name)
+    alphabet = "ab </s>\n<>|_▁éü中😀0x41"
+    texts = [t for n in WITH_CASES for t, _ in llamacpp_vocabs.cases(n)] + SPM_EXTRA
+    texts += ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 20))) for _ in range(300)]
+    wrong = []
+    for text in texts:
+        prev_special = True
+        for f in tok.partition(text, False):
+            if isinstance(f, int):
+                prev_special = True
+                continue
+            f, prev_special = (" " + f if tok.add_space_prefix and prev_special else f), False
+            if tok.encode_text(f) != ref.encode(f.replace(" ", "▁")):
+                wrong.append((f[:40], tok.encode_text(f)[:10], ref.encode(f.replace(" ", "▁"))[:10]))
+    assert not wrong, f"{len(wrong)} fragments differ, first: {wrong[:3]}"
+
+
 # what llama.cpp adds with add_special: (first ids, last ids)
 ADDED = {"llama-bpe": ([128000], []), "llama-spm": ([1], []), "phi-3": ([1], []), "gemma-4": ([2], []),
          "bert-bge": ([101], [102]), "command-r": ([5], []), "deepseek-coder": ([32013], []),

@@ -8,6 +8,8 @@ library cannot do it the way llama.cpp does:
   prefix (`add_space_prefix`) goes before each fragment of text that follows a special token or
   starts the text, not once per call: so the library's normaliser is the identity and the
   spaces are escaped to ▁ here;
+- llama.cpp merges into any token, control, unused and user-defined ones included: every piece is
+  written NORMAL (but the unknown and byte pieces);
 - a piece text that appears twice: llama.cpp uses the last id, the library refuses the file,
   so earlier copies are renamed in the proto (they can never be produced);
 - detokenisation is base.Tokenizer's: llama.cpp's rules for control, user-defined and byte
@@ -51,12 +53,18 @@ def _field(num: int, value) -> bytes:
 
 def model_proto(tokens, scores, types, *, model_type: int, unk_id: int | None, byte_fallback: bool,
                 charsmap: bytes = b"", add_dummy_prefix=False, remove_extra_whitespaces=False,
-                escape_whitespaces=False) -> bytes:
-    """A serialised sentencepiece ModelProto for these pieces (no protobuf package needed)."""
+                escape_whitespaces=False, all_normal=False) -> bytes:
+    """A serialised sentencepiece ModelProto for these pieces (no protobuf package needed).
+
+    all_normal: every piece but the unknown and the byte pieces is written NORMAL, because llama.cpp's
+    SentencePiece merges into any token whatever its type, where the library would skip control and
+    unused pieces and match user-defined ones greedily (e.g. Phi-3's "</s>" in plain text)."""
     # the hot loop for 262k pieces: each is ModelProto.pieces (field 1) holding piece (1), score (2), type (3)
     last = {t: i for i, t in enumerate(tokens)}  # a repeated text keeps its last id, as llama.cpp
     allowed = {NORMAL, CONTROL, USER_DEFINED, 5} | ({BYTE} if byte_fallback else set())
     kinds = [int(k) if k in allowed else CONTROL for k in (types.tolist() if hasattr(types, "tolist") else types)]
+    if all_normal:
+        kinds = [k if k == BYTE else NORMAL for k in kinds]
     if unk_id is not None:
         kinds[unk_id] = UNKNOWN  # the library needs exactly one unknown piece (Gemma types its <unk> control)
     f32 = np.asarray(scores, dtype="<f4").tobytes()
@@ -105,7 +113,7 @@ class SPMTokenizer(Tokenizer):
     def _setup(self, meta: dict) -> None:
         has_bytes = any(t == BYTE for t in self.token_types)
         self.sp = processor(model_proto(self.tokens, self.scores, self.token_types, model_type=_BPE,
-                                        unk_id=self.unk_id, byte_fallback=has_bytes), self.path)
+                                        unk_id=self.unk_id, byte_fallback=has_bytes, all_normal=True), self.path)
 
     def _encode_fragments(self, fragments: list, ids: list[int]) -> None:
         prev_special = True  # llama.cpp: a space before the first text and after every special token
