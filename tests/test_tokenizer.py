@@ -247,3 +247,20 @@ def test_special_tokens_are_cut_longest_first_over_the_whole_text():
     assert tok.tokenize("abcdefg", add_special=False) == [9, 7]  # ab, cdefg (leftmost first would give abcd e f g)
     assert tok.tokenize("xabcdx", add_special=False) == [8]      # abcd; x is no token, no byte token either
     assert tok.tokenize("abab", add_special=False) == [9, 9]
+
+
+@pytest.mark.parametrize("name", ["gemma-4", "llama-bpe"])
+def test_bpe_merges_of_long_words_equal_the_short_word_loop(name):
+    tok = vocab(name)
+    rng = random.Random(name)
+    words = ["".join(rng.choice("ab▁ cdeéĠ") for _ in range(rng.randint(2, 47))) for _ in range(500)]
+    assert all(tok._bpe(w) == tok._bpe_queue(w) for w in words)
+
+
+def test_a_long_line_is_fast_enough():
+    import time
+    tok = vocab("gemma-4")
+    text = "The quick brown fox jumps over the lazy dog. " * 2000  # 90 kB in one line: merged as one word
+    t0 = time.perf_counter()
+    ids = tok.tokenize(text, add_special=False)
+    assert time.perf_counter() - t0 < 20 and tok.detokenize(ids) == text

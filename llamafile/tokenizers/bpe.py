@@ -13,6 +13,7 @@ has a rank; a piece that is no token falls back to one token per byte.
 """
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -179,6 +180,8 @@ class BPETokenizer(Tokenizer):
 
     def _bpe(self, word: str) -> list[str]:
         """Merge the lowest-ranked adjacent pair (leftmost on a tie) until none is left."""
+        if len(word) > 48:
+            return self._bpe_queue(word)
         parts = list(word)
         ranks = self.ranks
         while len(parts) > 1:
@@ -200,6 +203,36 @@ class BPETokenizer(Tokenizer):
                     i += 1
             parts = merged
         return parts
+
+    def _bpe_queue(self, word: str) -> list[str]:
+        """The same merges for long words (Gemma 4 merges whole lines), in n log n: llama.cpp's linked
+        symbols and a queue of candidate pairs by (rank, position); a stale pair is skipped."""
+        ranks = self.ranks
+        text = list(word)
+        prev = list(range(-1, len(text) - 1))
+        nxt = list(range(1, len(text) + 1))
+        nxt[-1] = -1
+        heap = []
+
+        def add(left: int, right: int) -> None:
+            if left >= 0 and right >= 0:
+                rank = ranks.get((text[left], text[right]))
+                if rank is not None:
+                    heapq.heappush(heap, (rank, left, right, text[left] + text[right]))
+
+        for i in range(len(text) - 1):
+            add(i, i + 1)
+        while heap:
+            _, left, right, merged = heapq.heappop(heap)
+            if not text[left] or not text[right] or text[left] + text[right] != merged:
+                continue
+            text[left], text[right] = merged, ""
+            nxt[left] = nxt[right]
+            if nxt[right] >= 0:
+                prev[nxt[right]] = left
+            add(prev[left], left)
+            add(left, nxt[left])
+        return [t for t in text if t]
 
     # --- ids -> text --------------------------------------------------------------
     def normal_bytes(self, token: int) -> bytes:
