@@ -264,3 +264,12 @@ def test_a_long_line_is_fast_enough():
     t0 = time.perf_counter()
     ids = tok.tokenize(text, add_special=False)
     assert time.perf_counter() - t0 < 20 and tok.detokenize(ids) == text
+
+
+def test_special_ids_read_from_their_keys():
+    nomic = vocab("nomic-bert-moe")  # t5 defaults would be eos 1, unk 2, pad 0
+    assert (nomic.bos_id, nomic.eos_id, nomic.unk_id, nomic.sep_id, nomic.pad_id) == (0, 2, 3, 2, 1)
+    bert = vocab("bert-bge")
+    assert (bert.bos_id, bert.unk_id, bert.sep_id, bert.pad_id) == (101, 100, 102, 0)
+    falcon = vocab("falcon")
+    assert (falcon.bos_id, falcon.eos_id) == (11, 11) and 11 in falcon.eog_ids

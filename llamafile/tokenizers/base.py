@@ -49,7 +49,13 @@ _EOG_TEXTS = frozenset(("<|eot_id|>", "<|im_end|>", "<|end|>", "<|return|>", "<|
                         "<end_of_turn>", "<|endoftext|>", "</s>", "<|eom_id|>", "<EOT>", "_<EOT>", "[EOT]", "[EOS]",
                         "<|end_of_text|>", "<end_of_utterance>", "<eos>", "<turn|>", "<|tool_response>",
                         "<｜end▁of▁sentence｜>", "[e~["))
-_ID_KEYS = ("bos", "eos", "eot", "eom", "unk", "sep", "pad", "mask")
+# special ids and their metadata keys (tokenizer.ggml.KEY), as llama.cpp reads them
+_ID_KEYS = {"bos": ("bos_token_id",), "eos": ("eos_token_id",), "eot": ("eot_token_id",),
+            "eom": ("eom_token_id",), "unk": ("unknown_token_id",), "sep": ("seperator_token_id",),  # sic
+            "pad": ("padding_token_id",), "mask": ("mask_token_id",),
+            "fim_pre": ("fim_pre_token_id", "prefix_token_id"), "fim_suf": ("fim_suf_token_id", "suffix_token_id"),
+            "fim_mid": ("fim_mid_token_id", "middle_token_id"), "fim_pad": ("fim_pad_token_id",),
+            "fim_rep": ("fim_rep_token_id",), "fim_sep": ("fim_sep_token_id",)}
 _ASCII_SPACE = " \t\n\v\f\r"
 
 
@@ -105,13 +111,13 @@ class Tokenizer:
     def _read_special_ids(self, meta: dict) -> None:
         n = len(self.tokens)
         ids = {k: self.default_ids.get(k) for k in _ID_KEYS}
-        for k in _ID_KEYS:
+        for k, keys in _ID_KEYS.items():
             if ids[k] is not None and ids[k] >= n:
                 ids[k] = None
-            key = "seperator" if k == "sep" else k  # sic: gguf's spelling
-            v = _int_or_none(meta.get(f"tokenizer.ggml.{key}_token_id"))
-            if v is not None and 0 <= v < n:
-                ids[k] = v
+            for key in keys:
+                v = _int_or_none(meta.get(f"tokenizer.ggml.{key}"))
+                if v is not None and 0 <= v < n:
+                    ids[k] = v
         self.special_ids = ids
         self.bos_id, self.eos_id = ids["bos"], ids["eos"]
         self.unk_id, self.sep_id, self.pad_id = ids["unk"], ids["sep"], ids["pad"]
