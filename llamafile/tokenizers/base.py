@@ -185,6 +185,10 @@ class Tokenizer:
         """Build what the type's encoder needs (subclasses)."""
 
     # --- the interface ------------------------------------------------------------
+    def __repr__(self) -> str:
+        pre = f"/{self.pre_name}" if hasattr(self, "pre_name") else ""
+        return f"<{type(self).__name__} {self.model}{pre}, {self.vocab_size} tokens, {self.path}>"
+
     @property
     def vocab_size(self) -> int:
         return len(self.tokens)
