@@ -118,8 +118,7 @@ class BPETokenizer(Tokenizer):
                                  f"(known: {', '.join(sorted(PRE_TOKENIZERS))})")
         self.pre_name, self.pre = name, PRE_TOKENIZERS[name]
         self.add_bos_default = self.pre.add_bos
-        super()._read_flags(meta)
-        self.add_space_prefix = False  # llama.cpp: BPE vocabularies never add one
+        super()._read_flags(meta)  # add_space_prefix: false unless the file says so (detokenize strips one)
         self.clean_spaces = self.pre.clean_spaces
 
     def _pre_name(self, meta: dict) -> str:
