@@ -14,6 +14,7 @@ fragment of plain text; see `bpe.py`, `spm.py`, `ugm.py`, `wpm.py`.
 from __future__ import annotations
 
 import codecs
+import sys
 from typing import Iterable, Sequence
 
 import regex
@@ -363,7 +364,6 @@ def _trie_pattern(texts) -> str:
         body = alts[0] if len(alts) == 1 else "(?:" + "|".join(alts) + ")"
         return f"(?:{body})?" if "" in node else body
 
-    import sys
     limit = sys.getrecursionlimit()
     sys.setrecursionlimit(max(limit, 2 * max(map(len, texts)) + 100))
     try:
@@ -396,6 +396,8 @@ def _clean_cut(text: str) -> int:
     return len(text)
 
 
+# raw stretches whose clean-up depends on all of them (the three passes run one after the other, so
+# "  ' s" becomes " 's" in the second and "'s" in the third); " ' x" stands for " ' " and any character
 _PATTERNS = (" ?", " !", " .", " ,", " ' .", " ' ?", " ' !", " ' ,", " ' x", " 's", " 'm", " 're", " 've",
              "  ' s", "  ' m", "  ' re", "  ' ve", "  ' .")
 
