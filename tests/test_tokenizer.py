@@ -273,3 +273,11 @@ def test_special_ids_read_from_their_keys():
     assert (bert.bos_id, bert.unk_id, bert.sep_id, bert.pad_id) == (101, 100, 102, 0)
     falcon = vocab("falcon")
     assert (falcon.bos_id, falcon.eos_id) == (11, 11) and 11 in falcon.eog_ids
+
+
+def test_unassigned_code_points_split_as_llamacpps_hand_written_splitters():
+    """U+0378 is unassigned: llama.cpp's gpt2/llama3 splitters give it no category, so it is never part of
+    a punctuation run and stands alone (or leads the letters after it, in llama3's `[^\\r\\n\\p{L}\\p{N}]?\\p{L}+`)."""
+    text = "a\u0378\u0378 .\u0378 \u0378x!!"
+    assert vocab("llama-bpe")._pre_tokenize(text) == ["a", "\u0378", "\u0378", " .", "\u0378", " ", "\u0378x", "!!"]
+    assert vocab("gpt-2")._pre_tokenize(text) == ["a", "\u0378", "\u0378", " .", "\u0378", " ", "\u0378", "x", "!!"]

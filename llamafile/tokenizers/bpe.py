@@ -23,11 +23,22 @@ from ..errors import TokenizerError
 from .base import Tokenizer
 
 _CONTRACTIONS = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])"
-GPT2 = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
-LLAMA3 = _CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-QWEN2 = _CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-QWEN35 = _CONTRACTIONS + (r"|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+"
-                          r"|\s+(?!\S)|\s+")
+
+
+def _as_llamacpp(pattern: str) -> str:
+    """llama.cpp splits with hand-written code for these four patterns, where an unassigned code point
+    (\\p{Cn}, no category flags) is never part of a run of punctuation and is one piece by itself."""
+    return (pattern.replace(r"[^\s\p{L}\p{N}]+", r"[^\s\p{L}\p{N}\p{Cn}]+")
+            .replace(r"[^\s\p{L}\p{M}\p{N}]+", r"[^\s\p{L}\p{M}\p{N}\p{Cn}]+") + r"|\p{Cn}")
+
+
+GPT2 = _as_llamacpp(r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)")
+LLAMA3 = _as_llamacpp(_CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
+                                      r"|\s+(?!\S)|\s+")
+QWEN2 = _as_llamacpp(_CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
+                                     r"|\s+(?!\S)|\s+")
+QWEN35 = _as_llamacpp(_CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*"
+                                      r"|\s*[\r\n]+|\s+(?!\S)|\s+")
 _CJK = r"[一-龥ࠀ-一가-퟿]+"
 # written with escapes: NFC would fold some of these characters (U+1F7D, U+2126, U+212A, ...) into others
 _DEEPSEEK_LETTERS = (
