@@ -281,3 +281,11 @@ def test_unassigned_code_points_split_as_llamacpps_hand_written_splitters():
     text = "a\u0378\u0378 .\u0378 \u0378x!!"
     assert vocab("llama-bpe")._pre_tokenize(text) == ["a", "\u0378", "\u0378", " .", "\u0378", " ", "\u0378x", "!!"]
     assert vocab("gpt-2")._pre_tokenize(text) == ["a", "\u0378", "\u0378", " .", "\u0378", " ", "\u0378", "x", "!!"]
+
+
+def test_package_interface():
+    import llamafile
+    assert issubclass(llamafile.TokenizerError, llamafile.GGUFError)
+    tok = llamafile.load_tokenizer(llamacpp_vocabs.vocab_path("qwen2"))  # a vocabulary-only GGUF: no tensors
+    assert tok.vocab_size == len(tok.tokens) == len(tok.token_types) == 151936
+    assert tok.token_text(tok.token_to_id["Hello"]) == "Hello" and tok.token_bytes(tok.token_to_id["ĠHello"]) == b" Hello"
