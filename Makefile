@@ -29,7 +29,7 @@ exe:
 
 # The aarch64 executable, built and run under qemu (slow): built as a Pi 5 (both CPU targets
 # warmed up), run as a Pi 4 and a Pi 5. The model comes from the host's cache.
-ARM64_EXE_PACKAGES := $(ARM64_PACKAGES) jinja2 tqdm prompt_toolkit fastapi uvicorn pyinstaller
+ARM64_EXE_PACKAGES := $(ARM64_PACKAGES) sentencepiece jinja2 tqdm prompt_toolkit fastapi uvicorn pyinstaller
 exe-arm64:
 	$(ARM64)/setup.sh $(ARM64_EXE_PACKAGES)
 	cp -f $$(python3 -c "from weights.fetch import fetch; print(fetch('$(EXE_MODEL)'))") dist-arm64-model.gguf

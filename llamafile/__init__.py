@@ -9,14 +9,17 @@ The model and the kernels load on first use, so `llamafile.cli` can pick the CPU
 """
 from weights.gguf import GGUFError
 
-from .errors import ContextOverflowError
+from .errors import ContextOverflowError, TokenizerError
 
 __version__ = "0.1.0"
-__all__ = ["GGUFError", "ContextOverflowError", "Model", "load", "__version__"]
+__all__ = ["GGUFError", "ContextOverflowError", "TokenizerError", "Model", "load", "load_tokenizer", "__version__"]
 
 
 def __getattr__(name: str):
     if name in ("Model", "load"):
         from . import model
         return getattr(model, name)
+    if name == "load_tokenizer":
+        from .tokenizers import load_tokenizer
+        return load_tokenizer
     raise AttributeError(f"module 'llamafile' has no attribute '{name}'")

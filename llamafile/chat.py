@@ -91,7 +91,7 @@ class ChatSession:
         ids = self._fit_context()
         room = self.model.n_ctx - len(ids)
         max_tokens = room if self.max_reply < 0 else min(self.max_reply, room)
-        decoder = self.model.tokenizer.decoder()
+        decoder = self.model.tokenizer.decoder(continuation=True)
         pieces: list[str] = []
         try:
             for token in generate(self.model, ids, self.sampler, max_tokens, reuse_prefix=True):

@@ -202,7 +202,7 @@ def complete(model, args, prompt: str) -> None:
     max_tokens = room if args.n_predict < 0 else min(args.n_predict, room)
     timer = Timer()
     timer.n_prompt = len(ids)
-    decoder, text = model.tokenizer.decoder(), ""
+    decoder, text = model.tokenizer.decoder(continuation=True), ""
     for token in generate(model, ids, sampler_from(args), max_tokens, stop_at_eog=not args.ignore_eos):
         timer.token()
         if model.is_eog(token) and not args.ignore_eos:

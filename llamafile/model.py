@@ -15,39 +15,10 @@ from .generate import generate
 from .models import ARCHITECTURES
 from .models.llama import KVCache, RunState
 from .sampling import Sampler
-from .tokenizer import BPETokenizer
+from .tokenizers import for_model as tokenizer_for
 
 DEFAULT_N_CTX = 4096
 N_BATCH = 512  # tokens evaluated together; longer prompts go in batches of this size
-
-
-
-
-class NoTokenizer:
-    """Stands in for a vocabulary the project cannot read (e.g. llama.cpp's dummy `test` one): the model
-    still runs on token ids, and turning text into ids or back is one clear error naming the tokenizer."""
-
-    def __init__(self, path, kind: str, metadata: dict):
-        self.path, self.kind = path, kind
-        eos = metadata.get("tokenizer.ggml.eos_token_id")
-        self.eog_ids = {int(eos)} if eos is not None else set()
-        bos = metadata.get("tokenizer.ggml.bos_token_id")
-        self.bos_id = int(bos) if bos is not None else None
-
-    def _fail(self, *args, **kwargs):
-        raise GGUFError(f"{self.path}: tokenizer '{self.kind}' is not supported: this model runs on token ids only")
-
-    tokenize = detokenize = decoder = _fail
-
-
-def _tokenizer(gguf: GGUFFile):
-    kind = gguf.get("tokenizer.ggml.model")
-    if kind != "gpt2":
-        return NoTokenizer(gguf.path, str(kind), gguf.metadata)
-    try:
-        return BPETokenizer.from_metadata(gguf.metadata)
-    except ValueError as e:
-        raise GGUFError(f"{gguf.path}: {e}") from None
 
 
 class Model:
@@ -59,7 +30,7 @@ class Model:
             raise GGUFError(f"{gguf.path}: unknown architecture '{arch_name}' "
                             f"(supported: {', '.join(sorted(ARCHITECTURES))})")
         self.config = ModelConfig.from_gguf(gguf)
-        self.tokenizer = _tokenizer(gguf)
+        self.tokenizer = tokenizer_for(gguf)
         self.backend = BACKENDS[backend]() if isinstance(backend, str) else backend
         self.net = arch(gguf, self.config, self.backend)
         self.n_ctx = min(n_ctx or DEFAULT_N_CTX, self.config.n_ctx_train)

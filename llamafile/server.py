@@ -379,7 +379,7 @@ class Slot:
         self.n_cached = min(reused, len(job.prompt_ids) - 1)  # the last prompt token is always evaluated
         self.gen = generate(self.model, job.prompt_ids, Sampler(job.params), job.max_tokens,
                             stop_at_eog=not job.ignore_eos, reuse_prefix=job.reuse_prefix)
-        self.decoder = self.model.tokenizer.decoder()
+        self.decoder = self.model.tokenizer.decoder(continuation=True)
         self.stop_text = StopText(job.stops)
         self.n_generated = 0
         self.t_start, self.t_first = time.perf_counter(), None

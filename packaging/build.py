@@ -53,11 +53,12 @@ EXCLUDES = [
     "numpy.tests", "numpy.f2py", "numpy.distutils", "numpy._pyinstaller",
     "setuptools", "pkg_resources", "distutils", "pip", "wheel",
     "cryptography", "OpenSSL", "requests", "urllib3", "charset_normalizer", "idna",
-    "PIL", "pygments", "rich", "sentencepiece", "torch", "transformers", "docutils", "sphinx",
+    "PIL", "pygments", "rich", "torch", "transformers", "docutils", "sphinx",
     "pydantic.mypy", "pydantic.v1", "mypy", "Cython", "curses", "readline",
     "xmlrpc", "sqlite3", "dbm", "trio", "watchfiles", "websockets", "wsproto", "dotenv",
 ]
-HIDDEN = ["llamafile_runtime", "numba._devicearray", "uvicorn.logging", "uvicorn.loops.auto", "uvicorn.loops.asyncio",
+HIDDEN = ["llamafile_runtime", "numba._devicearray", "sentencepiece",  # SentencePiece vocabularies (Gemma, Llama 2)
+          "uvicorn.logging", "uvicorn.loops.auto", "uvicorn.loops.asyncio",
           "uvicorn.protocols.http.auto", "uvicorn.protocols.http.h11_impl", "uvicorn.lifespan.on",
           "uvicorn.lifespan.off", "uvicorn.protocols.websockets.auto"]
 COLLECT = ["llamafile", "kernels", "weights"]
