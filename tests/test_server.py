@@ -271,7 +271,7 @@ BAD_REQUESTS = [
     ("stream_options a string", "POST", CHAT, {"messages": HELLO, "stream": True, "stream_options": "all"}, 400),
     ("seed a string", "POST", CHAT, {"messages": HELLO, "seed": "abc"}, 400),
     ("n above the slots", "POST", CHAT, {"messages": HELLO, "n": 3}, 400),
-    ("logit_bias not ids", "POST", CHAT, {"messages": HELLO, "logit_bias": {"abc": 1}}, 400),
+    ("logit_bias not numbers", "POST", CHAT, {"messages": HELLO, "logit_bias": {"abc": "high"}}, 400),
     ("model a number", "POST", CHAT, {"messages": HELLO, "model": 7}, 400),
     ("body over the limit", "POST", CHAT, {"messages": [{"role": "user", "content": "x" * MAX_BODY}]}, 413),
     ("GET on a POST route", "GET", CHAT, None, 405),

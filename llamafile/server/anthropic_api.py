@@ -160,7 +160,7 @@ async def message_events(state, events, meta: dict, prompt):
                     yield sse({"type": "content_block_delta", "index": 0,
                                "delta": {"type": "text_delta", "text": rest}}, "content_block_delta")
             yield sse({"type": "content_block_stop", "index": 0}, "content_block_stop")
-            for k, block in enumerate(blocks("", calls), start=1):
+            for k, block in enumerate((b for b in blocks("", calls) if b["type"] == "tool_use"), start=1):
                 yield sse({"type": "content_block_start", "index": k,
                            "content_block": {**block, "input": {}}}, "content_block_start")
                 yield sse({"type": "content_block_delta", "index": k,

@@ -153,7 +153,14 @@ def streaming_response(state, jobs: list[Job], chunks: AsyncIterator[str]):
                 for job in jobs:
                     state.scheduler.cancel(job)
 
-    return JobStream(chunks, media_type="text/event-stream",
+    async def guarded() -> AsyncIterator[str]:  # a failure mid-stream is an error event, not a cut connection
+        try:
+            async for chunk in chunks:
+                yield chunk
+        except Exception as e:
+            yield sse(error_event(e))
+
+    return JobStream(guarded(), media_type="text/event-stream",
                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
