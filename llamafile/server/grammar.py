@@ -115,22 +115,39 @@ def compile_grammar(tokenizer, grammar: str, n_vocab: int):
 
 
 class Constrained:
-    """A sampler whose draws the grammar allows: the logits of every other token are -inf before the
-    inner sampler sees them, and each drawn token advances the matcher."""
+    """A sampler whose draws the grammar allows, as llama.cpp samples with a grammar: the inner
+    sampler draws from the whole distribution and, when the grammar takes that token (the common
+    case, one cheap check), it stands; otherwise every token the grammar rejects gets -inf and the
+    inner sampler draws again. Greedy decoding gives what masking first would. The buffers are
+    allocated once."""
 
     def __init__(self, inner, matcher, n_vocab: int):
         self.inner, self.matcher, self.n_vocab = inner, matcher, n_vocab
         self.accept = getattr(inner, "accept", None) and inner.accept
         self.reset = getattr(inner, "reset", None) and inner.reset
+        self._words = np.zeros((n_vocab + 31) // 32, dtype=np.int32)
+        self._allowed = np.zeros(len(self._words) * 32, dtype=bool)
+        self._logits = np.empty(n_vocab, dtype=np.float32)
 
     def allowed(self) -> np.ndarray:
-        bits = np.frombuffer(self.matcher.compute_bitmask(), dtype=np.uint8)
-        return np.unpackbits(bits, bitorder="little")[: self.n_vocab].astype(bool)
+        self.matcher.unsafe_compute_mask_ptr(self._words.ctypes.data, self._words.nbytes)
+        bits = np.unpackbits(self._words.view(np.uint8), bitorder="little")
+        np.copyto(self._allowed, bits.view(bool))
+        return self._allowed[: self.n_vocab]
 
     def __call__(self, logits: np.ndarray) -> int:
+        token = int(self.inner(logits))
+        if self.matcher.is_error() or self.matcher.try_consume_tokens([token]) == 1:
+            return token
+        records = getattr(self.inner, "records", None)
+        if records:
+            records.pop()  # that draw does not count (Probe)
         allowed = self.allowed()
-        if not allowed.any():  # the matcher is in an error state: let the reply end
-            return self.inner(logits)
-        token = self.inner(np.where(allowed, logits, -np.inf).astype(np.float32))
-        self.matcher.consume_token(int(token))
+        if not allowed.any():  # nothing allowed: let the reply end as it would
+            return token
+        out = self._logits
+        out.fill(-np.inf)
+        np.copyto(out, logits, where=allowed)
+        token = int(self.inner(out))
+        self.matcher.consume_token(token)
         return token
