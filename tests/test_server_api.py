@@ -257,6 +257,36 @@ def test_tool_messages_in_the_history(client):
     assert r.choices[0].finish_reason in ("stop", "length", "tool_calls")
 
 
+WEATHER = [{"type": "function", "function": {"name": "get_weather", "description": "The weather in a city", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string", "maxLength": 20}}, "required": ["city"],
+    "additionalProperties": False}}}]
+
+
+def test_tool_choice_required_forces_a_call(client):
+    ask = [{"role": "user", "content": "What's the weather in Paris?"}]
+    r = client.chat.completions.create(model="x", messages=ask, tools=WEATHER, tool_choice="required",
+                                       max_tokens=40, temperature=0)
+    assert r.choices[0].finish_reason == "tool_calls"
+    call = r.choices[0].message.tool_calls[0]
+    assert call.function.name == "get_weather" and isinstance(json.loads(call.function.arguments)["city"], str)
+    chunks = list(client.chat.completions.create(
+        model="x", messages=ask, tools=WEATHER, max_tokens=40, temperature=0, stream=True,
+        tool_choice={"type": "function", "function": {"name": "get_weather"}}))
+    calls = [tc for c in chunks if c.choices for tc in (c.choices[0].delta.tool_calls or [])]
+    assert [tc.function.name for tc in calls] == ["get_weather"] and chunks[-1].choices[0].finish_reason == "tool_calls"
+
+
+def test_anthropic_tool_use(server):
+    c = anthropic.Anthropic(base_url=server.url, api_key=KEY, max_retries=0)
+    m = c.messages.create(model="x", max_tokens=40, messages=[{"role": "user", "content": "Weather in Oslo?"}],
+                          tools=[{"name": "get_weather", "description": "The weather in a city",
+                                  "input_schema": WEATHER[0]["function"]["parameters"]}],
+                          tool_choice={"type": "any"}, extra_body={"temperature": 0})
+    assert m.stop_reason == "tool_use"
+    use = [b for b in m.content if b.type == "tool_use"][0]
+    assert use.name == "get_weather" and isinstance(use.input["city"], str)
+
+
 # --- endpoints ------------------------------------------------------------------------------------------
 
 def test_slots_metrics(http):

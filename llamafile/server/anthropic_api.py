@@ -9,7 +9,7 @@ import secrets
 from .errors import invalid
 from .prompts import chat_prompt
 from .runner import collect, error_event, job_events, make_jobs, sse, streaming_response, submit
-from .tools import ToolCallStream, parse_tool_calls
+from .tools import ToolCallStream
 from .validate import get_bool, get_integer, get_messages
 
 STOP_REASONS = {"length": "max_tokens", "tool_calls": "tool_use"}
@@ -114,14 +114,14 @@ async def messages(state, request, body: dict):
     chat = to_openai(body)
     msgs = get_messages(chat)
     prompt = await asyncio.to_thread(chat_prompt, state, chat, msgs)
-    jobs = make_jobs(state, chat, [prompt.ids], native=False)
+    jobs = make_jobs(state, chat, [prompt.ids], native=False, grammar=prompt.grammar(chat))
     events = submit(state, jobs)
     meta = {"id": "msg_" + secrets.token_hex(12), "type": "message", "role": "assistant",
             "model": state.model_name(body)}
     if stream:
         return streaming_response(state, jobs, message_events(state, events, meta, prompt))
     c = (await collect(state, request, jobs, events))[0]
-    text, calls = parse_tool_calls(c.text, prompt.tools) if prompt.tools else (c.text, [])
+    text, calls = prompt.tool_calls(c.text)
     r = c.result
     reason = "tool_calls" if calls else r.finish_reason
     return {**meta, "content": blocks(text, calls),
@@ -133,7 +133,7 @@ async def messages(state, request, body: dict):
 
 async def message_events(state, events, meta: dict, prompt):
     """message_start, a text block's start / deltas / stop, tool_use blocks, message_delta, message_stop."""
-    held = ToolCallStream(prompt.tools) if prompt.tools else None
+    held = ToolCallStream(prompt.tools, prompt.parallel) if prompt.tools else None
     yield sse({"type": "message_start", "message": {**meta, "content": [], "stop_reason": None,
                                                     "stop_sequence": None,
                                                     "usage": {"input_tokens": len(prompt.ids), "output_tokens": 0}}},

@@ -87,7 +87,6 @@ async def completion(state, request, body: dict, infill: bool = False):
 
 
 async def native_chunks(state, events, jobs: list[Job], return_tokens: bool, per_token: bool):
-    probs: dict[int, list] = {}
     async for event in job_events(events, len(jobs)):
         if event.kind == "text":
             data = {"index": event.index, "content": event.text, "stop": False, "id_slot": -1,

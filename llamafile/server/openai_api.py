@@ -9,7 +9,7 @@ from typing import AsyncIterator
 from . import runner
 from .prompts import chat_prompt, completion_prompts
 from .runner import collect, error_event, job_events, make_jobs, sse, streaming_response, submit, timings, usage
-from .tools import ToolCallStream, parse_tool_calls
+from .tools import ToolCallStream
 from .validate import get_bool, get_integer, get_messages, get_n, get_object
 
 
@@ -58,18 +58,18 @@ async def chat_completions(state, request, body: dict):
     n_top = chat_logprob_fields(body)
     messages = get_messages(body)
     prompt = await asyncio.to_thread(chat_prompt, state, body, messages)
-    jobs = make_jobs(state, body, [prompt.ids], native=False, n=n, logprobs=n_top)
+    jobs = make_jobs(state, body, [prompt.ids], native=False, n=n, logprobs=n_top, grammar=prompt.grammar(body))
     events = submit(state, jobs)
     meta = {"id": "chatcmpl-" + secrets.token_hex(12), "object": "chat.completion", "created": int(time.time()),
             "model": state.model_name(body), "system_fingerprint": "llamafile"}
     per_token = get_bool(body, "timings_per_token", False)
     if stream:
-        return streaming_response(state, jobs, chat_chunks(state, events, jobs, meta, prompt.tools,
+        return streaming_response(state, jobs, chat_chunks(state, events, jobs, meta, prompt,
                                                            include_usage, n_top >= 0, per_token))
     choices = await collect(state, request, jobs, events)
     out = []
     for c in choices:
-        content, calls = parse_tool_calls(c.text, prompt.tools) if prompt.tools else (c.text, [])
+        content, calls = prompt.tool_calls(c.text)
         message = {"role": "assistant", "content": content if content or not calls else None}
         finish = c.result.finish_reason
         if calls:
@@ -81,14 +81,14 @@ async def chat_completions(state, request, body: dict):
     return {**meta, "choices": out, "usage": runner.total_usage(results, n), "timings": timings(results[0])}
 
 
-async def chat_chunks(state, events, jobs, meta: dict, tools, include_usage: bool, with_logprobs: bool,
+async def chat_chunks(state, events, jobs, meta: dict, prompt, include_usage: bool, with_logprobs: bool,
                       per_token: bool) -> AsyncIterator[str]:
     """OpenAI's chat stream: {"role": "assistant", "content": null} first, content deltas, tool call
     deltas, a last chunk with finish_reason, the usage (when asked for), then [DONE]."""
     meta = {**meta, "object": "chat.completion.chunk"}
     extra = {"usage": None} if include_usage else {}
     n = len(jobs)
-    held = [ToolCallStream(tools) if tools else None for _ in range(n)]
+    held = [ToolCallStream(prompt.tools, prompt.parallel) if prompt.tools else None for _ in range(n)]
     results = [None] * n
 
     def chunk(index: int, delta: dict, finish: str | None = None, logprobs=None, **more) -> dict:

@@ -11,8 +11,25 @@ from .validate import get_bool, get_tool_choice, get_tools, is_integer
 class ChatPrompt:
     """A chat request rendered: the prompt ids, the tools it offers, and the assistant text it continues."""
 
-    def __init__(self, ids: list[int], text: str, tools, tool_choice, prefill: str = ""):
+    def __init__(self, ids: list[int], text: str, tools, tool_choice, prefill: str = "", parallel: bool = True):
         self.ids, self.text, self.tools, self.tool_choice, self.prefill = ids, text, tools, tool_choice, prefill
+        self.parallel = parallel  # parallel_tool_calls: false keeps only the first call
+
+    def grammar(self, body: dict) -> str | None:
+        """The constraint of a reply: the request's own, else a forced tool call's (tool_choice)."""
+        from .grammar import request_grammar
+        own = request_grammar(body)
+        if own is not None or not self.tools:
+            return own
+        schema = tool_calls.forced_schema(self.tools, self.tool_choice)
+        return request_grammar({"json_schema": schema}) if schema is not None else None
+
+    def tool_calls(self, text: str) -> tuple[str, list[dict]]:
+        """(content, calls) of a reply to this prompt."""
+        if not self.tools:
+            return text, []
+        content, calls = tool_calls.parse_tool_calls(text, self.tools)
+        return content, calls if self.parallel else calls[:1]
 
 
 def render_messages(state, body: dict, messages: list[dict]) -> tuple[str, list, object, str]:
@@ -23,8 +40,6 @@ def render_messages(state, body: dict, messages: list[dict]) -> tuple[str, list,
     Two assistant messages at the end are a 400."""
     tools = get_tools(body)
     tool_choice = get_tool_choice(body, tools)
-    if body.get("parallel_tool_calls") is not None:
-        get_bool(body, "parallel_tool_calls", True)
     add_generation_prompt = get_bool(body, "add_generation_prompt", True)
     continue_final = get_bool(body, "continue_final_message", messages[-1]["role"] == "assistant")
     prefill = ""
@@ -56,7 +71,7 @@ def chat_prompt(state, body: dict, messages: list[dict]) -> ChatPrompt:
     ids = state.model.tokenize(text, add_special=True, parse_special=True)
     if not ids:
         raise invalid("the messages render to an empty prompt", "messages")
-    return ChatPrompt(ids, text, tools, tool_choice, prefill)
+    return ChatPrompt(ids, text, tools, tool_choice, prefill, get_bool(body, "parallel_tool_calls", True))
 
 
 def completion_prompts(state, body: dict, name: str = "prompt", many: bool = True) -> list[list[int]]:

@@ -9,7 +9,7 @@ import time
 from .errors import invalid
 from .prompts import chat_prompt
 from .runner import collect, error_event, job_events, make_jobs, sse, streaming_response, submit
-from .tools import ToolCallStream, parse_tool_calls
+from .tools import ToolCallStream
 from .validate import get_bool, get_messages, get_string, message_text
 
 
@@ -97,7 +97,7 @@ async def responses(state, request, body: dict):
     chat = to_chat(body)
     msgs = get_messages(chat)
     prompt = await asyncio.to_thread(chat_prompt, state, chat, msgs)
-    jobs = make_jobs(state, chat, [prompt.ids], native=False)
+    jobs = make_jobs(state, chat, [prompt.ids], native=False, grammar=prompt.grammar(chat))
     events = submit(state, jobs)
     meta = {"id": "resp_" + secrets.token_hex(12), "object": "response", "created_at": int(time.time()),
             "model": state.model_name(body), "parallel_tool_calls": True, "tool_choice": "auto", "tools": [],
@@ -107,7 +107,7 @@ async def responses(state, request, body: dict):
     if stream:
         return streaming_response(state, jobs, response_events(state, events, meta, prompt, msg_id))
     c = (await collect(state, request, jobs, events))[0]
-    text, calls = parse_tool_calls(c.text, prompt.tools) if prompt.tools else (c.text, [])
+    text, calls = prompt.tool_calls(c.text)
     out = response_object(meta, "completed", output_items(text, calls, msg_id), c.result)
     out["output_text"] = text
     return out
@@ -121,7 +121,7 @@ async def response_events(state, events, meta: dict, prompt, msg_id: str):
         seq += 1
         return sse({"type": kind, "sequence_number": seq - 1, **data}, kind)
 
-    held = ToolCallStream(prompt.tools) if prompt.tools else None
+    held = ToolCallStream(prompt.tools, prompt.parallel) if prompt.tools else None
     yield ev("response.created", response=response_object(meta, "in_progress", []))
     yield ev("response.in_progress", response=response_object(meta, "in_progress", []))
     item = {"type": "message", "id": msg_id, "status": "in_progress", "role": "assistant", "content": []}

@@ -85,7 +85,7 @@ class State:
         evaluation. -c is the total, split across the --parallel slots (as llama-server does)."""
         from kernels import cpu
 
-        from ..model import DEFAULT_N_CTX, Model, load
+        from ..model import DEFAULT_N_CTX, Model
         from weights.gguf import GGUFFile
         cpu.set_threads(getattr(self.args, "threads", None))  # numba's thread count is per thread
         gguf = GGUFFile(self.model_path)

@@ -70,6 +70,22 @@ def _flatten(m: dict) -> dict:
     return m
 
 
+def forced_schema(tools: list[dict], tool_choice) -> dict | None:
+    """With tool_choice "required" or a named function: a JSON schema the reply must follow, one call
+    {"name": ..., "arguments": {...}} (constrained decoding makes the model call)."""
+    if tool_choice != "required" and not isinstance(tool_choice, dict):
+        return None
+    wanted = tool_choice["function"]["name"] if isinstance(tool_choice, dict) else None
+    options = []
+    for t in tools:
+        f = t["function"]
+        if wanted is None or f["name"] == wanted:
+            options.append({"type": "object", "properties": {
+                "name": {"const": f["name"]}, "arguments": f.get("parameters") or {"type": "object"}},
+                "required": ["name", "arguments"], "additionalProperties": False})
+    return options[0] if len(options) == 1 else {"anyOf": options}
+
+
 # --- parsing -------------------------------------------------------------------------------
 
 def new_call(name: str, arguments) -> dict:
@@ -148,8 +164,8 @@ class ToolCallStream:
     """Streamed content while tools are on: text that may begin a tool call is held back until the
     end, where the calls are parsed out of the whole reply."""
 
-    def __init__(self, tools: list[dict]):
-        self.tools, self.text, self.sent, self.holding = tools, "", 0, False
+    def __init__(self, tools: list[dict], parallel: bool = True):
+        self.tools, self.parallel, self.text, self.sent, self.holding = tools, parallel, "", 0, False
 
     def add(self, piece: str) -> str:
         self.text += piece
@@ -182,4 +198,5 @@ class ToolCallStream:
         content, calls = parse_tool_calls(self.text, self.tools)
         if not calls:
             return self.text[self.sent:], []
+        calls = calls if self.parallel else calls[:1]
         return content[self.sent:] if content.startswith(self.text[:self.sent]) else "", calls
