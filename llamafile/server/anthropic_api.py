@@ -8,7 +8,7 @@ import secrets
 
 from .errors import invalid
 from .prompts import chat_prompt
-from .runner import collect, error_event, job_events, make_jobs, sse, streaming_response, submit
+from .runner import collect, error_event, job_events, prepare_jobs, sse, streaming_response, submit
 from .tools import ToolCallStream
 from .validate import get_bool, get_integer, get_messages
 
@@ -114,7 +114,7 @@ async def messages(state, request, body: dict):
     chat = to_openai(body)
     msgs = get_messages(chat)
     prompt = await asyncio.to_thread(chat_prompt, state, chat, msgs)
-    jobs = make_jobs(state, chat, [prompt.ids], native=False, grammar=prompt.grammar(chat))
+    jobs = await prepare_jobs(state, chat, [prompt.ids], native=False, grammar=prompt.grammar(chat))
     events = submit(state, jobs)
     meta = {"id": "msg_" + secrets.token_hex(12), "type": "message", "role": "assistant",
             "model": state.model_name(body)}

@@ -54,6 +54,7 @@ def create_app(state):
     async def ready_body(request: Request, allow_empty: bool = False) -> dict:
         body = await read_json(request, allow_empty)
         state.require_model()
+        state.model_name(body)  # a bad "model" is a 400 before any job is queued
         return body
 
     @app.get("/", response_class=HTMLResponse)

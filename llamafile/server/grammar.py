@@ -61,13 +61,13 @@ def request_grammar(body: dict) -> str | None:
             raise invalid("give either 'grammar' or a JSON schema, not both", "grammar")
         try:
             return llguidance.grammar_from("gbnf", grammar)
-        except (ValueError, RuntimeError) as e:
+        except Exception as e:  # llguidance's converter raises more than ValueError on odd input
             raise invalid(f"'grammar' is not a valid GBNF grammar: {e}", "grammar", "invalid_grammar") from None
     if schema is None:
         return None
     try:
         return llguidance.LLMatcher.grammar_from_json_schema(json.dumps(schema), overrides=JSON_OPTIONS)
-    except (ValueError, RuntimeError, TypeError) as e:
+    except Exception as e:
         raise invalid(f"the JSON schema is not valid: {e}", "response_format" if rf else "json_schema",
                       "invalid_schema") from None
 
@@ -108,7 +108,10 @@ def compile_grammar(tokenizer, grammar: str, n_vocab: int):
     """A matcher for one reply; a grammar llguidance rejects is a 400."""
     import llguidance
 
-    matcher = llguidance.LLMatcher(grammar_tokenizer(tokenizer, n_vocab), grammar, log_level=0)
+    try:
+        matcher = llguidance.LLMatcher(grammar_tokenizer(tokenizer, n_vocab), grammar, log_level=0)
+    except Exception as e:
+        raise invalid(f"the grammar or schema is not valid: {e}", "grammar", "invalid_grammar") from None
     if matcher.is_error():
         raise invalid(f"the grammar or schema is not valid: {matcher.get_error()}", "grammar", "invalid_grammar")
     return matcher

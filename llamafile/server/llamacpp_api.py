@@ -9,8 +9,8 @@ from pathlib import Path
 from .. import __version__
 from .errors import APIError, invalid
 from .prompts import completion_prompts, infill_prompt, render_messages
-from .runner import Choice, collect, error_event, job_events, make_jobs, partial_timings, sse, streaming_response, \
-    submit, timings
+from .runner import (Choice, collect, error_event, job_events, partial_timings, prepare_jobs, sse,
+                     streaming_response, submit, timings)
 from .scheduler import Job, Slot
 from .validate import get_bool, get_messages
 
@@ -76,7 +76,7 @@ async def completion(state, request, body: dict, infill: bool = False):
         prompts = [await asyncio.to_thread(infill_prompt, state, body)]
     else:
         prompts = await asyncio.to_thread(completion_prompts, state, body)
-    jobs = make_jobs(state, body, prompts, native=True, param="prompt")
+    jobs = await prepare_jobs(state, body, prompts, native=True, param="prompt")
     per_token = get_bool(body, "timings_per_token", False)
     events = submit(state, jobs)
     if stream:

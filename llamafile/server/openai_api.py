@@ -8,7 +8,7 @@ from typing import AsyncIterator
 
 from . import runner
 from .prompts import chat_prompt, completion_prompts
-from .runner import collect, error_event, job_events, make_jobs, sse, streaming_response, submit, timings, usage
+from .runner import collect, error_event, job_events, prepare_jobs, sse, streaming_response, submit, timings, usage
 from .tools import ToolCallStream
 from .validate import get_bool, get_integer, get_messages, get_n, get_object
 
@@ -58,7 +58,8 @@ async def chat_completions(state, request, body: dict):
     n_top = chat_logprob_fields(body)
     messages = get_messages(body)
     prompt = await asyncio.to_thread(chat_prompt, state, body, messages)
-    jobs = make_jobs(state, body, [prompt.ids], native=False, n=n, logprobs=n_top, grammar=prompt.grammar(body))
+    jobs = await prepare_jobs(state, body, [prompt.ids], native=False, n=n, logprobs=n_top,
+                              grammar=prompt.grammar(body))
     events = submit(state, jobs)
     meta = {"id": "chatcmpl-" + secrets.token_hex(12), "object": "chat.completion", "created": int(time.time()),
             "model": state.model_name(body), "system_fingerprint": "llamafile"}
@@ -134,7 +135,7 @@ async def completions(state, request, body: dict):
         from .errors import invalid
         raise invalid("too many prompts and choices for the server's slots and queue", "prompt")
     echo = get_bool(body, "echo", False)
-    jobs = make_jobs(state, body, prompts, native=False, n=n, param="prompt", logprobs=n_top)
+    jobs = await prepare_jobs(state, body, prompts, native=False, n=n, param="prompt", logprobs=n_top)
     events = submit(state, jobs)
     meta = {"id": "cmpl-" + secrets.token_hex(12), "object": "text_completion", "created": int(time.time()),
             "model": state.model_name(body), "system_fingerprint": "llamafile"}

@@ -63,6 +63,9 @@ def render_messages(state, body: dict, messages: list[dict]) -> tuple[str, list,
                            add_generation_prompt=add_generation_prompt, **extra) if messages else ""
     except ChatTemplateError as e:
         raise invalid(f"the chat template cannot render these messages: {e}", "messages", "invalid_chat") from None
+    except Exception as e:  # a template tripping over odd values (chat_template_kwargs, tool schemas)
+        raise invalid(f"the chat template cannot render these messages: {type(e).__name__}: {e}", "messages",
+                      "invalid_chat") from None
     return text + prefill, (tools if tool_choice != "none" else None), tool_choice, prefill
 
 

@@ -8,7 +8,7 @@ import time
 
 from .errors import invalid
 from .prompts import chat_prompt
-from .runner import collect, error_event, job_events, make_jobs, sse, streaming_response, submit
+from .runner import collect, error_event, job_events, prepare_jobs, sse, streaming_response, submit
 from .tools import ToolCallStream
 from .validate import get_bool, get_messages, get_string, message_text
 
@@ -97,7 +97,7 @@ async def responses(state, request, body: dict):
     chat = to_chat(body)
     msgs = get_messages(chat)
     prompt = await asyncio.to_thread(chat_prompt, state, chat, msgs)
-    jobs = make_jobs(state, chat, [prompt.ids], native=False, grammar=prompt.grammar(chat))
+    jobs = await prepare_jobs(state, chat, [prompt.ids], native=False, grammar=prompt.grammar(chat))
     events = submit(state, jobs)
     meta = {"id": "resp_" + secrets.token_hex(12), "object": "response", "created_at": int(time.time()),
             "model": state.model_name(body), "parallel_tool_calls": True, "tool_choice": "auto", "tools": [],

@@ -57,6 +57,12 @@ def make_jobs(state, body: dict, prompts: list[list[int]], *, native: bool, n: i
     return jobs
 
 
+async def prepare_jobs(state, body: dict, prompts: list[list[int]], **kwargs) -> list[Job]:
+    """make_jobs on a worker thread of the loop: a grammar's compile (and the first one's token
+    table, a second or so for a large vocabulary) does not hold up other requests."""
+    return await asyncio.to_thread(lambda: make_jobs(state, body, prompts, **kwargs))
+
+
 def _with_seed(params, seed):
     from dataclasses import replace
     return params if seed == params.seed else replace(params, seed=seed)
