@@ -85,25 +85,17 @@ class ChatSession:
 
         The reply so far joins the conversation even when the caller stops early (close()).
         """
-        from .generate import generate
+        from .generate import TextGeneration
 
         self.messages.append({"role": "user", "content": text})
         ids = self._fit_context()
         room = self.model.n_ctx - len(ids)
         max_tokens = room if self.max_reply < 0 else min(self.max_reply, room)
-        decoder = self.model.tokenizer.decoder(continuation=True)
-        pieces: list[str] = []
+        reply = TextGeneration(self.model, ids, self.sampler, max_tokens, reuse_prefix=True)
         try:
-            for token in generate(self.model, ids, self.sampler, max_tokens, reuse_prefix=True):
-                if self.model.is_eog(token):
-                    break
-                piece = decoder.feed(token)
-                pieces.append(piece)
-                yield piece
-            pieces.append(decoder.flush())
-            yield pieces[-1]
+            yield from reply
         finally:
-            self.messages.append({"role": "assistant", "content": "".join(pieces)})
+            self.messages.append({"role": "assistant", "content": reply.text})
 
     def _fit_context(self) -> list[int]:
         """The prompt ids, after dropping the oldest turns until a reply has room."""

@@ -86,13 +86,67 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--presence-penalty", type=float, default=0.0, metavar="N", help="presence penalty (default: 0.0)")
     g.add_argument("--frequency-penalty", type=float, default=0.0, metavar="N", help="frequency penalty (default: 0.0)")
 
-    from . import server
-    server.add_arguments(p)
+    add_server_arguments(p)
     g = p.add_argument_group("chat")
     g.add_argument("--chat", "-cnv", "--conversation", dest="chat", action="store_true",
                    help="chat in the terminal (the default when no prompt is given and stdin is a terminal)")
     g.add_argument("-sys", "--system-prompt", "--system", dest="system", metavar="TEXT", help="system prompt for the chat")
     return p
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or positive, not {text}")
+    return value
+
+
+POOLINGS = ("mean", "last", "cls", "none")
+# llama-server flags that are accepted and change nothing here (GPU offload, batching, memory locking, ...)
+IGNORED_FLAGS = {"-ngl": 1, "--n-gpu-layers": 1, "--gpu-layers": 1, "-fa": "?", "--flash-attn": "?",
+                 "-cb": 0, "--cont-batching": 0, "-nocb": 0, "--no-cont-batching": 0, "--mlock": 0, "--no-mmap": 0,
+                 "-b": 1, "--batch-size": 1, "-ub": 1, "--ubatch-size": 1, "--jinja": 0, "--no-jinja": 0,
+                 "--log-disable": 0, "--no-webui": 0, "--threads-http": 1, "-to": 1, "--timeout": 1,
+                 "--keep": 1, "--reasoning-format": 1, "-dev": 1, "--device": 1, "-sm": 1, "--split-mode": 1,
+                 "--cache-reuse": 1, "--swa-full": 0, "--kv-unified": 0, "-kvu": 0, "--no-warmup": 0}
+
+
+def add_server_arguments(p) -> None:
+    """The "server" flags, llama-server's names and defaults where it has them."""
+    g = p.add_argument_group("server")
+    g.add_argument("--server", action="store_true", help="run the OpenAI-compatible HTTP server and web chat")
+    g.add_argument("--host", default="127.0.0.1",
+                   help="address(es) to listen on, comma-separated (default: 127.0.0.1)")
+    g.add_argument("--port", type=int, default=8080,
+                   help="port to listen on; if taken, the next free one (default: 8080, 0 = any)")
+    g.add_argument("--api-key", metavar="KEY",
+                   help="require 'Authorization: Bearer KEY' or 'X-Api-Key: KEY' (all but /, /health, /v1/models)")
+    g.add_argument("--api-key-file", metavar="FNAME", help="read the API key from the first line of a file")
+    g.add_argument("-a", "--alias", metavar="NAME", help="the model's name in /v1/models and replies")
+    g.add_argument("--parallel", "-np", type=positive_int, default=1, metavar="N",
+                   help="requests generated at the same time, each in its own context; -c is split "
+                        "between them (default: 1)")
+    g.add_argument("--queue", type=non_negative_int, default=16, metavar="N",
+                   help="requests that may wait for a free slot; more get 503 (default: 16)")
+    g.add_argument("--cors-origins", metavar="LIST",
+                   help="origins a browser page may call the API from, comma-separated, * for any "
+                        "(default: localhost origins only)")
+    g.add_argument("--no-slots", action="store_true", help="turn off GET /slots (501)")
+    g.add_argument("--slots", dest="no_slots", action="store_false", help="serve GET /slots (the default)")
+    g.add_argument("--metrics", action="store_true", help="serve Prometheus metrics at GET /metrics")
+    g.add_argument("--embedding", "--embeddings", dest="embedding", action="store_true",
+                   help="serve /v1/embeddings and /embedding")
+    g.add_argument("--pooling", choices=POOLINGS, help="how embeddings pool the tokens (default: mean)")
+    g.add_argument("--slot-save-path", metavar="DIR", help="where /slots/ID?action=save|restore keeps slot caches")
+    g.add_argument("--chat-template", metavar="JINJA", help="a chat template instead of the model's")
+    g.add_argument("--chat-template-file", metavar="FNAME", help="a chat template file instead of the model's")
+    g.add_argument("--nobrowser", action="store_true", help="don't open the web chat in a browser")
+    for flag, nargs in IGNORED_FLAGS.items():
+        kwargs = {"nargs": nargs} if nargs != 0 else {"action": "store_true"}
+        if nargs == 1:
+            kwargs = {}
+        g.add_argument(flag, dest="ignored_" + flag.lstrip("-").replace("-", "_"), help=argparse.SUPPRESS,
+                       **kwargs)
 
 
 def version_text() -> str:
@@ -186,7 +240,7 @@ class Timer:
 
 
 def complete(model, args, prompt: str) -> None:
-    from .generate import generate
+    from .generate import TextGeneration
 
     ids = model.tokenize(prompt, add_special=True, parse_special=True)
     if not ids:
@@ -202,18 +256,15 @@ def complete(model, args, prompt: str) -> None:
     max_tokens = room if args.n_predict < 0 else min(args.n_predict, room)
     timer = Timer()
     timer.n_prompt = len(ids)
-    decoder, text = model.tokenizer.decoder(continuation=True), ""
-    for token in generate(model, ids, sampler_from(args), max_tokens, stop_at_eog=not args.ignore_eos):
-        timer.token()
-        if model.is_eog(token) and not args.ignore_eos:
-            break
-        piece = decoder.feed(token)
+    reply = TextGeneration(model, ids, sampler_from(args), max_tokens, stops=args.reverse_prompt,
+                           ignore_eos=args.ignore_eos)
+    while not reply.done:
+        piece = reply.step()
+        if reply.last_token is not None:
+            timer.token()
         out.write(piece)
         out.flush()
-        text += piece
-        if any(r in text[-len(r) - len(piece):] for r in args.reverse_prompt if r):
-            break
-    out.write(decoder.flush() + "\n")
+    out.write(reply.stopping_word + "\n")  # llama.cpp prints the reverse prompt that stopped it
     out.flush()
     print(timer.report(), file=sys.stderr)
 
@@ -261,11 +312,26 @@ def chat_in_terminal(model, threads: int, args) -> int:
     return 0
 
 
+def check_server_args(args) -> None:
+    """The server's flags that need more than argparse's checks."""
+    if getattr(args, "api_key_file", None):
+        try:
+            args.api_key = Path(args.api_key_file).read_text(encoding="utf-8").splitlines()[0].strip()
+        except (OSError, UnicodeDecodeError, IndexError) as e:
+            raise UsageError(f"cannot read the API key from {args.api_key_file}: {e}") from None
+    if getattr(args, "chat_template_file", None):
+        try:
+            args.chat_template = Path(args.chat_template_file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise UsageError(f"cannot read the chat template {args.chat_template_file}: {e}") from None
+
+
 def run_server(args) -> int:
     """--server, or no prompt and no terminal (a double-click): the server in the foreground."""
     from kernels import cpu
 
     from . import server
+    check_server_args(args)
     cpu.set_threads(args.threads)
     return server.serve(args, resolve_model(args.model))
 
@@ -274,6 +340,7 @@ def chat_with_server(args) -> int:
     """No prompt on a terminal, like llamafile: the server (and browser) in the background, the
     terminal chat in the foreground; leaving the chat stops both."""
     from . import server
+    check_server_args(args)
     path = resolve_model(args.model)
     url, stop = server.start_in_thread(args, path)
     print(f"llamafile: web chat at {url} (the terminal chat below works too)", file=sys.stderr)

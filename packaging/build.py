@@ -48,7 +48,7 @@ COOKIE_SIZE = struct.calcsize(COOKIE_FORMAT)
 EXCLUDES = [
     "tkinter", "_tkinter", "turtle", "idlelib", "pydoc_data", "lib2to3", "ensurepip", "venv",
     "scipy", "matplotlib", "pandas", "IPython", "ipykernel", "jupyter_client", "notebook",
-    "pytest", "_pytest", "hypothesis", "pexpect", "playwright", "openai", "httpx",
+    "pytest", "_pytest", "hypothesis", "pexpect", "playwright", "openai", "anthropic", "httpx",
     "numba.tests", "numba.testing", "numba.cuda", "numba.pycc",
     "numpy.tests", "numpy.f2py", "numpy.distutils", "numpy._pyinstaller",
     "setuptools", "pkg_resources", "distutils", "pip", "wheel",
@@ -60,7 +60,9 @@ EXCLUDES = [
 HIDDEN = ["llamafile_runtime", "numba._devicearray", "sentencepiece",  # SentencePiece vocabularies (Gemma, Llama 2)
           "uvicorn.logging", "uvicorn.loops.auto", "uvicorn.loops.asyncio",
           "uvicorn.protocols.http.auto", "uvicorn.protocols.http.h11_impl", "uvicorn.lifespan.on",
-          "uvicorn.lifespan.off", "uvicorn.protocols.websockets.auto"]
+          "uvicorn.lifespan.off", "uvicorn.protocols.websockets.auto",
+          "llguidance", "llguidance._lib"]  # the server's grammar engine, imported only when a request asks
+METADATA = ["llguidance"]  # packages that read their own version from their metadata at import
 COLLECT = ["llamafile", "kernels", "weights"]
 WARMUP_PROMPT = ("The kernels compile here once, at build time, for every CPU target this executable "
                  "ships: a batch of prompt tokens first, then one token at a time.")
@@ -150,6 +152,7 @@ def pyinstaller_config(work: Path, bid: str, persist: bool, strip: bool) -> dict
                   [str(info), "."]],
         "hiddenimports": HIDDEN,
         "collect_submodules": COLLECT,
+        "copy_metadata": METADATA,
         "excludes": EXCLUDES,
         "runtime_hooks": [str(HERE / "rthook.py")],
         "persist_binaries": persist,

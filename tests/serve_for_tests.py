@@ -45,16 +45,19 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_server(*flags: str, api_key: str | None = None, ctx_size: int = 512):
-    """Start `python -m llamafile.server` on the default model, wait for /health, stop it afterwards."""
+def running_server(*flags: str, api_key: str | None = None, ctx_size: int = 512, model: str = "smollm2"):
+    """Start `python -m llamafile.server` on a catalogue model, wait for /health, stop it afterwards.
+    ctx_size is the total, split across --parallel slots."""
     port = free_port()
-    cmd = [sys.executable, "-m", "llamafile.server", "-m", str(model_path("smollm2")), "--port", str(port),
+    cmd = [sys.executable, "-m", "llamafile.server", "-m", str(model_path(model)), "--port", str(port),
            "--nobrowser", "-c", str(ctx_size), *flags]
     if api_key:
         cmd += ["--api-key", api_key]
     log = tempfile.NamedTemporaryFile("w+", prefix="llamafile-server-", suffix=".log", delete=False)
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # this checkout's code, not an installed one
+    path = os.pathsep.join([repo] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
     process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                               env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": path})
     server = RunningServer(f"http://127.0.0.1:{port}", process, api_key, log.name)
     try:
         wait_healthy(server)

@@ -19,12 +19,12 @@ from serve_for_tests import running_server
 
 KEY = "test-key-123"
 MODEL = "smollm2-135m-instruct"
-N_CTX = 512
+N_CTX = 512  # per slot: -c is the total, split across the two slots
 
 
 @pytest.fixture(scope="module")
 def server():
-    with running_server("--parallel", "2", "--queue", "16", api_key=KEY, ctx_size=N_CTX) as s:
+    with running_server("--parallel", "2", "--queue", "16", api_key=KEY, ctx_size=2 * N_CTX) as s:
         yield s
 
 
@@ -70,10 +70,11 @@ def test_web_page_is_served_without_a_key(server):
 def test_wrong_or_missing_key_is_401(server):
     wrong = openai.OpenAI(base_url=server.url + "/v1", api_key="nope", max_retries=0)
     with pytest.raises(openai.AuthenticationError):
-        wrong.models.list()
-    for path in ("/v1/models", "/slots"):
+        wrong.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=1)
+    for path in ("/slots", "/props"):
         r = httpx.get(server.url + path)
         assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+        assert r.json()["error"]["type"] == "authentication_error"
 
 
 def test_models_list(client):
@@ -266,15 +267,15 @@ BAD_REQUESTS = [
     ("stream a string", "POST", CHAT, {"messages": HELLO, "stream": "yes"}, 400),
     ("stream_options a string", "POST", CHAT, {"messages": HELLO, "stream": True, "stream_options": "all"}, 400),
     ("seed a string", "POST", CHAT, {"messages": HELLO, "seed": "abc"}, 400),
-    ("n = 2", "POST", CHAT, {"messages": HELLO, "n": 2}, 400),
-    ("logit_bias not ids", "POST", CHAT, {"messages": HELLO, "logit_bias": {"abc": 1}}, 400),
-    ("unknown model", "POST", CHAT, {"messages": HELLO, "model": "gpt-99-ultra"}, 404),
+    ("n above the slots", "POST", CHAT, {"messages": HELLO, "n": 3}, 400),
+    ("logit_bias not numbers", "POST", CHAT, {"messages": HELLO, "logit_bias": {"abc": "high"}}, 400),
+    ("model a number", "POST", CHAT, {"messages": HELLO, "model": 7}, 400),
     ("body over the limit", "POST", CHAT, {"messages": [{"role": "user", "content": "x" * MAX_BODY}]}, 413),
     ("GET on a POST route", "GET", CHAT, None, 405),
     ("unknown path", "GET", "/v1/nothing-here", None, 404),
     ("completion without prompt", "POST", "/v1/completions", {"max_tokens": 4}, 400),
     ("prompt a number", "POST", "/v1/completions", {"prompt": 12}, 400),
-    ("two prompts", "POST", "/v1/completions", {"prompt": ["a", "b"]}, 400),
+    ("prompt nested too deep", "POST", "/v1/completions", {"prompt": [[["a"]]]}, 400),
     ("token id out of range", "POST", "/v1/completions", {"prompt": [1, 10**9]}, 400),
     ("native n_predict below -1", "POST", "/completion", {"prompt": "hi", "n_predict": -7}, 400),
     ("tokenize a number", "POST", "/tokenize", {"content": 5}, 400),
