@@ -14,6 +14,7 @@ The kernels are imported only after the flags are read, so --cpu can still pick 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 import sys
@@ -45,6 +46,21 @@ def positive_int(text: str) -> int:
     return value
 
 
+def ranged(kind, low=None, high=None, what=""):
+    """An argparse type: a finite number of `kind` in [low, high] (either end open when None)."""
+    def parse(text: str):
+        value = kind(text)  # a ValueError: argparse says "invalid int value: ..."
+        if kind is float and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number, not {text}")
+        if (low is not None and value < low) or (high is not None and value > high):
+            bounds = (f"between {low} and {high}" if low is not None and high is not None
+                      else f"at least {low}" if low is not None else f"at most {high}")
+            raise argparse.ArgumentTypeError(f"must be {bounds}{what}, not {text}")
+        return value
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="llamafile", description="Run a GGUF language model locally on the CPU.",
                epilog="llamafile fetch NAME downloads a catalogue model: "
@@ -56,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"GGUF file or catalogue name (default: {catalogue.DEFAULT_MODEL})")
     g.add_argument("-t", "--threads", type=positive_int, metavar="N",
                    help="threads (default: LLAMAFILE_THREADS, NUMBA_NUM_THREADS or the physical cores)")
-    g.add_argument("-c", "--ctx-size", type=int, default=4096, metavar="N",
+    g.add_argument("-c", "--ctx-size", type=ranged(int, 0), default=4096, metavar="N",
                    help="context size in tokens, 0 = from the model (default: 4096)")
     g.add_argument("--cpu", metavar="LEVEL", help="force a lower CPU level: generic, avx2, avx512, "
                    "avx512vnni, avx512bf16 (x86) or generic, dotprod (ARM); also LLAMAFILE_CPU")
@@ -65,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("completion")
     g.add_argument("-p", "--prompt", help="prompt to complete")
     g.add_argument("-f", "--file", metavar="FNAME", help="a file containing the prompt")
-    g.add_argument("-n", "--n-predict", type=int, default=-1, metavar="N",
+    g.add_argument("-n", "--n-predict", type=ranged(int, -2, what=" (-1: no limit, -2: until the context is full)"), default=-1, metavar="N",
                    help="tokens to predict (default: -1, until the end or a full context)")
     g.add_argument("-e", "--escape", action="store_true", help="process escapes (\\n, \\r, \\t, \\', \\\", \\\\)")
     g.add_argument("--no-display-prompt", action="store_true", help="don't print the prompt")
@@ -75,16 +91,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = p.add_argument_group("sampling")
     g.add_argument("-s", "--seed", type=int, default=-1, help="RNG seed (default: -1, random)")
-    g.add_argument("--temp", type=float, default=0.8, help="temperature, 0 = greedy (default: 0.8)")
-    g.add_argument("--top-k", type=int, default=40, metavar="N", help="top-k sampling, 0 = off (default: 40)")
-    g.add_argument("--top-p", type=float, default=0.95, metavar="P", help="top-p sampling, 1.0 = off (default: 0.95)")
-    g.add_argument("--min-p", type=float, default=0.05, metavar="P", help="min-p sampling, 0.0 = off (default: 0.05)")
-    g.add_argument("--repeat-penalty", type=float, default=1.0, metavar="N",
+    g.add_argument("--temp", type=ranged(float, 0.0), default=0.8, help="temperature, 0 = greedy (default: 0.8)")
+    g.add_argument("--top-k", type=ranged(int, 0), default=40, metavar="N", help="top-k sampling, 0 = off (default: 40)")
+    g.add_argument("--top-p", type=ranged(float, 0.0, 1.0), default=0.95, metavar="P", help="top-p sampling, 1.0 = off (default: 0.95)")
+    g.add_argument("--min-p", type=ranged(float, 0.0, 1.0), default=0.05, metavar="P", help="min-p sampling, 0.0 = off (default: 0.05)")
+    g.add_argument("--repeat-penalty", type=ranged(float, 0.0), default=1.0, metavar="N",
                    help="penalise repeated tokens, 1.0 = off (default: 1.0)")
-    g.add_argument("--repeat-last-n", type=int, default=64, metavar="N",
+    g.add_argument("--repeat-last-n", type=ranged(int, -1), default=64, metavar="N",
                    help="last n tokens to penalise, 0 = off, -1 = context (default: 64)")
-    g.add_argument("--presence-penalty", type=float, default=0.0, metavar="N", help="presence penalty (default: 0.0)")
-    g.add_argument("--frequency-penalty", type=float, default=0.0, metavar="N", help="frequency penalty (default: 0.0)")
+    g.add_argument("--presence-penalty", type=ranged(float), default=0.0, metavar="N", help="presence penalty (default: 0.0)")
+    g.add_argument("--frequency-penalty", type=ranged(float), default=0.0, metavar="N", help="frequency penalty (default: 0.0)")
 
     add_server_arguments(p)
     g = p.add_argument_group("chat")
@@ -117,7 +133,7 @@ def add_server_arguments(p) -> None:
     g.add_argument("--server", action="store_true", help="run the OpenAI-compatible HTTP server and web chat")
     g.add_argument("--host", default="127.0.0.1",
                    help="address(es) to listen on, comma-separated (default: 127.0.0.1)")
-    g.add_argument("--port", type=int, default=8080,
+    g.add_argument("--port", type=ranged(int, 0, 65535), default=8080,
                    help="port to listen on; if taken, the next free one (default: 8080, 0 = any)")
     g.add_argument("--api-key", metavar="KEY",
                    help="require 'Authorization: Bearer KEY' or 'X-Api-Key: KEY' (all but /, /health, /v1/models)")
@@ -192,6 +208,11 @@ def read_prompt(args) -> str | None:
             raise UsageError(f"cannot read prompt file {args.file}: {getattr(e, 'strerror', None) or e}") from None
     else:
         prompt = args.prompt
+        if prompt is not None:  # argv bytes that are not UTF-8 arrive as lone surrogates
+            try:
+                prompt.encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise UsageError(f"the prompt (-p) is not valid UTF-8 (at character {e.start + 1})") from None
     if prompt is not None and args.escape:
         prompt = process_escapes(prompt)
     return prompt

@@ -80,8 +80,17 @@ def test_version_and_help():
     (["-t", "0", "-p", "hi"], 2, "positive integer"),
     (["-f", "/nonexistent/prompt.txt"], 2, "cannot read prompt file"),
     (["--cpu", "quantum", "--version"], 2, "unknown CPU level"),
+    (["-n", "-5", "-p", "hi"], 2, "must be at least -2"),
+    (["--top-p", "7", "-p", "hi"], 2, "between 0.0 and 1.0"),
+    (["--min-p", "-1", "-p", "hi"], 2, "between 0.0 and 1.0"),
+    (["--temp", "-2", "-p", "hi"], 2, "at least 0.0"),
+    (["--temp", "nan", "-p", "hi"], 2, "finite"),
+    (["--top-k", "-3", "-p", "hi"], 2, "at least 0"),
+    (["--port", "99999", "--server"], 2, "between 0 and 65535"),
+    (["-p", "caf\udce9"], 2, "not valid UTF-8"),
 ])
 def test_usage_errors(args, status, message):
+    args = [a.encode("utf-8", "surrogatepass").decode("unicode_escape") if "\\u" in a else a for a in args]
     r = run(*args)
     assert r.returncode == status, r.stderr
     assert message in r.stderr and "Traceback" not in r.stderr
