@@ -705,6 +705,10 @@ def create_app(state: State):
     async def index():
         return HTMLResponse(web_page(), headers={"Cache-Control": "no-cache"})
 
+    @app.get("/web/{path:path}")
+    async def web(path: str):
+        return web_file(path)
+
     @app.get("/health")
     async def health():
         if state.status == "loading":
@@ -799,7 +803,9 @@ class ApiKeyMiddleware:
         self.state = app.state  # tests and tools find the State here as on the app
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] == "http" and scope["path"] not in PUBLIC_PATHS and scope["method"] != "OPTIONS":
+        path = scope.get("path", "")
+        if (scope["type"] == "http" and path not in PUBLIC_PATHS and not path.startswith("/web/")
+                and scope["method"] != "OPTIONS"):
             headers = dict(scope.get("headers") or [])
             given = headers.get(b"x-api-key", b"")
             auth = headers.get(b"authorization", b"")
@@ -816,6 +822,24 @@ class ApiKeyMiddleware:
 
 def web_page() -> str:
     return resources.files("llamafile").joinpath("web/index.html").read_text(encoding="utf-8")
+
+
+WEB_TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml",
+             ".png": "image/png", ".woff2": "font/woff2", ".md": "text/plain; charset=utf-8",
+             ".LICENSE": "text/plain; charset=utf-8"}
+
+
+def web_file(path: str):
+    """GET /web/PATH: a file of the page's folder (llamafile/web: vendored libraries, favicon), public
+    like the page; 404 for anything else (other types, '..', folders)."""
+    from fastapi.responses import Response
+    from starlette.exceptions import HTTPException
+    root = Path(__file__).resolve().parent / "web"
+    file = (root / path).resolve()
+    kind = WEB_TYPES.get(file.suffix)
+    if kind is None or not file.is_relative_to(root) or not file.is_file():
+        raise HTTPException(404)
+    return Response(file.read_bytes(), media_type=kind, headers={"Cache-Control": "max-age=3600"})
 
 
 async def read_json(request) -> dict:
