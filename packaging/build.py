@@ -92,8 +92,8 @@ def cache_root() -> Path:
 def source_files() -> list[Path]:
     files = []
     for pkg in COLLECT:
-        files += [p for p in (REPO / pkg).rglob("*") if p.is_file() and p.suffix in (".py", ".json", ".html")
-                  and "__pycache__" not in p.parts]
+        files += [p for p in (REPO / pkg).rglob("*") if p.is_file() and "__pycache__" not in p.parts
+                  and (p.suffix in (".py", ".json", ".html") or "web" in p.relative_to(REPO).parts)]
     files += [HERE / n for n in ("entry.py", "rthook.py", "llamafile_runtime.py", "llamafile.spec", "build.py")]
     return sorted(files)
 
@@ -147,7 +147,7 @@ def pyinstaller_config(work: Path, bid: str, persist: bool, strip: bool) -> dict
     return {
         "entry": str(HERE / "entry.py"),
         "pathex": [str(REPO), str(HERE)],
-        "datas": [[str(REPO / "llamafile" / "web" / "index.html"), "llamafile/web"],
+        "datas": [[str(REPO / "llamafile" / "web"), "llamafile/web"],  # the page, favicon, vendor/
                   [str(REPO / "weights" / "catalogue.json"), "weights"],
                   [str(info), "."]],
         "hiddenimports": HIDDEN,

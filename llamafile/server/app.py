@@ -9,6 +9,7 @@ import asyncio
 import hmac
 import json
 from importlib import resources
+from pathlib import Path
 
 from . import anthropic_api, embeddings, llamacpp_api, openai_api, responses_api
 from .errors import APIError, internal, invalid
@@ -61,6 +62,10 @@ def create_app(state):
     @app.get("/index.html", response_class=HTMLResponse)
     async def index():
         return HTMLResponse(web_page(), headers={"Cache-Control": "no-cache"})
+
+    @app.get("/web/{path:path}")
+    async def web(path: str):
+        return web_file(path)
 
     @app.get("/health")
     @app.get("/v1/health")
@@ -234,7 +239,9 @@ class ApiKeyMiddleware:
         self.state = app.state
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] == "http" and scope["path"] not in PUBLIC_PATHS and scope["method"] != "OPTIONS":
+        path = scope.get("path", "")
+        if (scope["type"] == "http" and path not in PUBLIC_PATHS and not path.startswith("/web/")
+                and scope["method"] != "OPTIONS"):
             headers = dict(scope.get("headers") or [])
             given = headers.get(b"x-api-key", b"")
             auth = headers.get(b"authorization", b"")
@@ -283,3 +290,21 @@ async def read_json(request, allow_empty: bool = False) -> dict:
     return body
 
 
+
+
+WEB_TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml",
+             ".png": "image/png", ".woff2": "font/woff2", ".md": "text/plain; charset=utf-8",
+             ".LICENSE": "text/plain; charset=utf-8"}
+
+
+def web_file(path: str):
+    """GET /web/PATH: a file of the page's folder (llamafile/web: vendored libraries, favicon), public
+    like the page; 404 for anything else (other types, '..', folders)."""
+    from fastapi.responses import Response
+    from starlette.exceptions import HTTPException
+    root = Path(__file__).resolve().parents[1] / "web"
+    file = (root / path).resolve()
+    kind = WEB_TYPES.get(file.suffix)
+    if kind is None or not file.is_relative_to(root) or not file.is_file():
+        raise HTTPException(404)
+    return Response(file.read_bytes(), media_type=kind, headers={"Cache-Control": "max-age=3600"})
