@@ -21,6 +21,17 @@ class ModelConfig:
     norm_eps: float      # {arch}.attention.layer_norm_rms_epsilon
     n_ctx_train: int     # {arch}.context_length
     n_vocab: int         # length of tokenizer.ggml.tokens
+    rope_scale: float = 1.0      # 1 / {arch}.rope.scaling.factor (linear scaling; 1 without)
+    # read by the architectures that use them (their read_config), as llama.cpp does:
+    n_swa: int = 0               # {arch}.attention.sliding_window: keys a sliding-window layer sees (0: none)
+    swa_layers: tuple = ()       # per layer: True where the layer attends through the sliding window
+    rope_base_swa: float = 10000.0   # {arch}.rope.freq_base_swa: the sliding-window layers' rope base
+    attn_scale: float = 0.0      # the attention scores' scale (0: 1/sqrt(head_dim))
+    embed_scale: float = 0.0     # the embeddings' scale (0: none; gemma: sqrt(n_embd))
+    final_softcap: float = 0.0   # {arch}.final_logit_softcapping: logits = cap * tanh(logits / cap) (0: none)
+    logit_scale: float = 0.0     # {arch}.logit_scale: logits /= logit_scale (granite; 0: none)
+    residual_scale: float = 0.0  # {arch}.residual_scale: a block half's output *= it before the add (granite)
+    use_rope: bool = True        # False: no layer rotates (granite without rope.scaling.finetuned)
 
     @classmethod
     def from_gguf(cls, gguf: GGUFFile) -> "ModelConfig":
@@ -50,6 +61,7 @@ class ModelConfig:
             norm_eps=float(key("attention.layer_norm_rms_epsilon")),
             n_ctx_train=int(key("context_length")),
             n_vocab=len(gguf.require("tokenizer.ggml.tokens")),
+            rope_scale=_rope_scale(gguf, arch),
         )
         config.check(gguf.path)
         return config
@@ -64,3 +76,14 @@ class ModelConfig:
             raise GGUFError(f"{path}: head_count {self.n_head} is not a multiple of head_count_kv {self.n_head_kv}")
         if self.rope_dim > self.head_dim or self.rope_dim % 2:
             raise GGUFError(f"{path}: rope dimension {self.rope_dim} does not fit head size {self.head_dim}")
+
+
+def _rope_scale(gguf: GGUFFile, arch: str) -> float:
+    """llama.cpp's rope_freq_scale_train: 1 / rope.scaling.factor (0 or absent: 1). Only linear scaling here."""
+    factor = float(gguf.get(f"{arch}.rope.scaling.factor", 0.0) or 0.0)
+    kind = str(gguf.get(f"{arch}.rope.scaling.type", "linear"))
+    if factor in (0.0, 1.0):
+        return 1.0
+    if kind != "linear":
+        raise GGUFError(f"{gguf.path}: rope scaling '{kind}' is not supported yet")
+    return 1.0 / factor

@@ -1,0 +1,91 @@
+"""The vocabulary an architecture writes its block in: a short list of steps with operands.
+
+An architecture file says, per layer, which steps its block takes, on named activation buffers
+("x" the residual stream, "h", "q", "k", "v", "att", "proj", "gate", "up", "ffn", ...) and named
+tensors of the file ("attn_q" is blk.N.attn_q.weight). That one list is all there is of the
+forward pass: llamafile.models.transformer loads the tensors it names and runs it step by step
+through the backend (prompts, and the numpy reference), and llamafile.models.fused turns the same
+list into integer tables that one jitted call interprets for every block of a decode step.
+
+    norm(src, weight, dst)            dst = rmsnorm(src) * blk.N.<weight>.weight   (per_head: each head alone)
+    matmul(weight, src, dst, bias)    dst = W src (+ blk.N.<weight>.bias where the file has one, if bias)
+    rope(buf, table)                  rotate buf's heads by angle table 0 (rope.freq_base) or 1 (the
+                                      sliding-window layers' base)
+    store_kv(k, v)                    append k, v to this layer's cache (as halves, as llama.cpp's)
+    attention(q, dst, window, scale)  causal attention of q over the cache (window > 0: sliding)
+    add(dst, src)                     dst += src
+    swiglu(gate, up, dst)             dst = silu(gate) * up
+    geglu(gate, up, dst)              dst = gelu(gate) * up (tanh approximation)
+    scale(buf, factor)                buf *= factor
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Step:
+    op: str
+    src: str = ""          # the buffer read (norm, matmul, rope, attention, add, swiglu/geglu's gate, store_kv's k)
+    dst: str = ""          # the buffer written (norm, matmul, attention, add, swiglu/geglu)
+    other: str = ""        # a second input: add's addend, swiglu/geglu's up, store_kv's v
+    weight: str = ""       # norm, matmul: the tensor's kind, e.g. "attn_q" for blk.N.attn_q.weight
+    bias: bool = False     # matmul: the file may have blk.N.<weight>.bias (read where present)
+    per_head: bool = False # norm: normalise each head (head_dim values) on its own (q/k norms)
+    table: int = 0         # rope: angle table 0 (global) or 1 (sliding-window layers)
+    window: int = 0        # attention: keys a query sees (0: all before it)
+    factor: float = 0.0    # attention: score scale (0: 1/sqrt(head_dim)); scale: the factor
+
+
+def norm(src: str, weight: str, dst: str, per_head: bool = False) -> Step:
+    return Step("norm", src=src, dst=dst, weight=weight, per_head=per_head)
+
+
+def matmul(weight: str, src: str, dst: str, bias: bool = False) -> Step:
+    return Step("matmul", src=src, dst=dst, weight=weight, bias=bias)
+
+
+def rope(buf: str, table: int = 0) -> Step:
+    return Step("rope", src=buf, dst=buf, table=table)
+
+
+def store_kv(k: str, v: str) -> Step:
+    return Step("store_kv", src=k, other=v)
+
+
+def attention(q: str, dst: str, window: int = 0, scale: float = 0.0) -> Step:
+    return Step("attention", src=q, dst=dst, window=window, factor=scale)
+
+
+def add(dst: str, src: str) -> Step:
+    return Step("add", src=dst, dst=dst, other=src)
+
+
+def swiglu(gate: str, up: str, dst: str) -> Step:
+    return Step("swiglu", src=gate, other=up, dst=dst)
+
+
+def geglu(gate: str, up: str, dst: str) -> Step:
+    return Step("geglu", src=gate, other=up, dst=dst)
+
+
+def scale(buf: str, factor: float) -> Step:
+    return Step("scale", src=buf, dst=buf, factor=factor)
+
+
+def attention_block(bias_qkv: bool = False, bias_out: bool = False, qk_norm: bool = False, table: int = 0,
+                    window: int = 0, scale: float = 0.0, rope_q_k: bool = True) -> list[Step]:
+    """The attention half most architectures share, from h (normalised x) to proj."""
+    steps = [matmul("attn_q", "h", "q", bias_qkv), matmul("attn_k", "h", "k", bias_qkv),
+             matmul("attn_v", "h", "v", bias_qkv)]
+    if qk_norm:
+        steps += [norm("q", "attn_q_norm", "q", per_head=True), norm("k", "attn_k_norm", "k", per_head=True)]
+    if rope_q_k:
+        steps += [rope("q", table), rope("k", table)]
+    return steps + [store_kv("k", "v"), attention("q", "att", window, scale), matmul("attn_output", "att", "proj", bias_out)]
+
+
+def gated_ffn(act=swiglu, bias: bool = False) -> list[Step]:
+    """gate/up/down from h to proj: act(W_gate h) * W_up h, then W_down."""
+    return [matmul("ffn_gate", "h", "gate", bias), matmul("ffn_up", "h", "up", bias), act("gate", "up", "ffn"),
+            matmul("ffn_down", "ffn", "proj", bias)]

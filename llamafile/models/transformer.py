@@ -1,0 +1,288 @@
+"""The decoder-only transformer every architecture file describes: load what its steps name, run them.
+
+    x = embed(tokens) (* embed_scale)
+    for each layer i: the architecture's steps for layer i (llamafile.models.steps), on x and scratch
+    logits = Wout · norm(x) (+ bias) (softcapped where the model says)
+
+An architecture is a subclass that sets `arch`, reads its hyper-parameters (`read_config`) and
+returns its block's steps for layer i (`block`). Prompts run the steps one by one through the
+backend (`_forward_batch`); decoding one token runs the same steps for every block in one jitted
+call (llamafile.models.fused), bit for bit the same arithmetic.
+
+Weights stay in the memory-mapped file: each matrix is a `weights.gguf.Tensor` view that the
+backend reads block by block; norms and biases (small) are float32 in RAM.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from weights.gguf import GGUFError, GGUFFile, Tensor
+from weights.quants import UnsupportedType, dequantize, format_of
+
+from ..config import ModelConfig
+from .steps import Step
+
+
+@dataclass
+class KVCache:
+    """Keys and values of every layer for one context, allocated once."""
+    k: np.ndarray  # (n_layer, n_ctx, n_head_kv, head_dim) uint16: f16 bits, as llama.cpp's default cache
+    v: np.ndarray  # (n_layer, n_ctx, n_head_kv, head_dim) uint16
+    n_past: int = 0
+
+    @classmethod
+    def allocate(cls, config: ModelConfig, n_ctx: int, dtype=np.uint16) -> "KVCache":
+        shape = (config.n_layer, n_ctx, config.n_head_kv, config.head_dim)
+        return cls(np.zeros(shape, dtype), np.zeros(shape, dtype))
+
+    @property
+    def n_ctx(self) -> int:
+        return self.k.shape[1]
+
+
+def standard_buffers(c: ModelConfig) -> dict[str, int]:
+    """The activation buffers of a llama-like block and their widths."""
+    q_dim, kv_dim = c.n_head * c.head_dim, c.n_head_kv * c.head_dim
+    return {"x": c.n_embd,       # the residual stream
+            "h": c.n_embd,       # normalised x
+            "q": q_dim, "k": kv_dim, "v": kv_dim,
+            "att": q_dim,        # attention output, heads side by side
+            "proj": c.n_embd,    # a block half's output before the residual add
+            "gate": c.n_ff, "up": c.n_ff,
+            "ffn": c.n_ff}       # act(gate) * up
+
+
+class RunState:
+    """Every activation buffer of a forward pass, allocated once per context (llama2.c's RunState).
+
+    A batch holds at most n_batch tokens; longer prompts are evaluated n_batch at a time.
+    buffers: name -> width, as the architecture declares them (standard_buffers by default).
+    """
+
+    def __init__(self, c: ModelConfig, n_batch: int, buffers: dict[str, int] | None = None):
+        self.n_batch = n_batch
+        self.buffers = {name: np.zeros((n_batch, width), np.float32)
+                        for name, width in (buffers or standard_buffers(c)).items()}
+        for name, array in self.buffers.items():
+            setattr(self, name, array)
+        self.logits = np.zeros((1, c.n_vocab), np.float32)       # the last token's
+
+
+@dataclass
+class Bound:
+    """A step with the tensors it names, read from the file for one layer."""
+    step: Step
+    weight: Tensor | None = None      # matmul
+    bias: np.ndarray | None = None    # matmul, where the file has one
+    vector: np.ndarray | None = None  # norm
+
+
+class Transformer:
+    arch = ""
+    rope_neox = False           # rotate halves of each head (GPT-NeoX) rather than adjacent pairs
+    fuse_decode = True          # decode through llamafile.models.fused where possible (~20% faster)
+    output_bias = False         # the file may have output.bias
+    rope_freqs = False          # the file may have rope_freqs.weight (Llama 3.1+ rope scaling)
+    # tensors llama.cpp loads that play no part in next-token logits (e.g. a reranker's head)
+    not_for_logits: tuple[str, ...] = ()
+
+    @classmethod
+    def read_config(cls, gguf: GGUFFile) -> ModelConfig:
+        """The hyper-parameters, from the GGUF keys as llama.cpp reads them for this architecture."""
+        return ModelConfig.from_gguf(gguf)
+
+    def buffers(self) -> dict[str, int]:
+        return standard_buffers(self.config)
+
+    def block(self, layer: int) -> list[Step]:
+        raise NotImplementedError
+
+    def __init__(self, gguf: GGUFFile, config: ModelConfig, backend):
+        self.config, self.backend = config, backend
+        self._gguf = gguf
+        c = config
+        self.widths = self.buffers()
+        weights = _TensorLoader(gguf)
+        self.token_embd = weights.matrix("token_embd.weight", (c.n_vocab, c.n_embd))
+        self.layers = [[self._bind(step, i, weights) for step in self.block(i)] for i in range(c.n_layer)]
+        self.output_norm = weights.vector("output_norm.weight", c.n_embd)
+        self.output = (weights.matrix("output.weight", (c.n_vocab, c.n_embd))
+                       if "output.weight" in gguf.tensors else self.token_embd)
+        self.output_bias_vec = weights.vector("output.bias", c.n_vocab, optional=True) if self.output_bias else None
+        # rope frequency factors (Llama 3.1+ rope scaling): angle_i = pos * base^(-2i/d) / factor_i
+        self.rope_factors = (weights.vector("rope_freqs.weight", c.rope_dim // 2, optional=True)
+                             if self.rope_freqs else None)
+        for name in self.not_for_logits:
+            if name in gguf.tensors:
+                weights.used.add(name)
+        weights.check_all_used()
+
+    def _bind(self, step: Step, i: int, weights: "_TensorLoader") -> Bound:
+        w = self.widths
+        if step.op == "matmul":
+            name = f"blk.{i}.{step.weight}"
+            return Bound(step, weight=weights.matrix(f"{name}.weight", (w[step.dst], w[step.src])),
+                         bias=weights.vector(f"{name}.bias", w[step.dst], optional=True) if step.bias else None)
+        if step.op == "norm":
+            size = self.config.head_dim if step.per_head else w[step.src]
+            return Bound(step, vector=weights.vector(f"blk.{i}.{step.weight}.weight", size))
+        return Bound(step)
+
+    @property
+    def matrices(self) -> list[Tensor]:
+        """Every block matrix, layer by layer in step order."""
+        return [b.weight for layer in self.layers for b in layer if b.weight is not None]
+
+    def forward(self, tokens: np.ndarray, cache: KVCache, state: RunState, all_logits: bool = False) -> np.ndarray:
+        """Evaluate tokens at positions cache.n_past.. and append their keys and values.
+
+        tokens: (n,) -> logits (n, n_vocab) with all_logits, else the last token's (1, n_vocab),
+        a view into state that the next call overwrites.
+        """
+        n = len(tokens)
+        out = np.empty((n, self.config.n_vocab), np.float32) if all_logits else None
+        for first in range(0, n, state.n_batch):
+            chunk = tokens[first : first + state.n_batch]
+            is_last = first + len(chunk) == n
+            logits = self._forward_batch(chunk, cache, state, "all" if all_logits else "last" if is_last else None,
+                                         out[first : first + len(chunk)] if all_logits else state.logits)
+        return logits
+
+    def _decoder(self):
+        """The one-call decode step (llamafile.models.fused) where the backend and weights allow."""
+        if not hasattr(self, "_fused"):
+            self._fused = None
+            if getattr(self.backend, "name", "") == "numba":
+                from .fused import FusedDecoder
+                self._fused = FusedDecoder.build(self, self._gguf)
+        return self._fused
+
+    def rope_tables(self, start: int, n: int):
+        """(cos, sin) per angle table: 0 at rope.freq_base (with rope_freqs), 1 at the sliding-window base."""
+        c, ops = self.config, self.backend
+        positions = np.arange(start, start + n) * c.rope_scale if c.rope_scale != 1.0 else np.arange(start, start + n)
+        tables = [ops.rope_angles(positions, c.rope_dim, c.rope_base, self.rope_factors, 0)]
+        if c.n_swa:
+            tables.append(ops.rope_angles(positions, c.rope_dim, c.rope_base_swa, None, 1))
+        return tables
+
+    def _embed(self, tokens, x):
+        self.backend.embed(self.token_embd, tokens, x)                                   # (n, n_embd)
+        if self.config.embed_scale:
+            x *= np.float32(self.config.embed_scale)
+
+    def _forward_batch(self, tokens: np.ndarray, cache: KVCache, s: RunState, logits_for: str | None,
+                       out: np.ndarray) -> np.ndarray | None:
+        n, start = len(tokens), cache.n_past
+        if n == 1 and self.fuse_decode and self._decoder() is not None:
+            return self._decode_fused(tokens, cache, s, logits_for, out)
+        buf = {name: array[:n] for name, array in s.buffers.items()}                     # (n, width) each
+        angles = self.rope_tables(start, n)
+        self._embed(tokens, buf["x"])
+        for layer, steps in enumerate(self.layers):
+            self._run_steps(layer, steps, buf, n, start, angles, cache)
+        cache.n_past = start + n
+        return self._logits(buf["x"], buf["h"], logits_for, out)
+
+    def _run_steps(self, layer: int, steps: list[Bound], buf: dict, n: int, start: int, angles, cache: KVCache):
+        """One block, step by step through the backend (llamafile.models.fused runs the same steps in one call)."""
+        c, ops, hd = self.config, self.backend, self.config.head_dim
+        prepared = {}  # buffer -> its prepared form, shared by the matmuls that read it until it is written
+        for b in steps:
+            st = b.step
+            op = st.op
+            if op == "norm":
+                src, dst = buf[st.src], buf[st.dst]
+                if st.per_head:
+                    src, dst = src.reshape(-1, hd), dst.reshape(-1, hd)
+                ops.rmsnorm(src, b.vector, c.norm_eps, dst)
+            elif op == "matmul":
+                if st.src not in prepared:
+                    prepared[st.src] = ops.prepare(buf[st.src])
+                y = ops.matmul(b.weight, prepared[st.src], buf[st.dst])
+                if b.bias is not None:
+                    y += b.bias
+            elif op == "rope":
+                ops.rope(buf[st.src].reshape(n, -1, hd), angles[st.table], self.rope_neox)
+            elif op == "store_kv":
+                ops.store_kv(cache.k[layer, start : start + n], buf[st.src].reshape(n, -1, hd))
+                ops.store_kv(cache.v[layer, start : start + n], buf[st.other].reshape(n, -1, hd))
+            elif op == "attention":
+                ops.attention(buf[st.src].reshape(n, -1, hd), cache.k[layer, : start + n], cache.v[layer, : start + n],
+                              start, buf[st.dst].reshape(n, -1, hd), st.factor, st.window)
+            elif op == "add":
+                buf[st.dst] += buf[st.other]
+            elif op == "swiglu":
+                ops.swiglu(buf[st.src], buf[st.other], buf[st.dst])
+            elif op == "geglu":
+                ops.geglu(buf[st.src], buf[st.other], buf[st.dst])
+            elif op == "scale":
+                buf[st.dst] *= np.float32(st.factor)
+            else:
+                raise ValueError(f"unknown step {op!r}")
+            prepared.pop(st.dst, None)  # written: a prepared form of it is stale
+
+    def _logits(self, x, h, logits_for, out):
+        if logits_for is None:
+            return None
+        c, ops = self.config, self.backend
+        rows = x if logits_for == "all" else x[-1:]                                      # (n or 1, n_embd)
+        y = ops.matmul(self.output, ops.rmsnorm(rows, self.output_norm, c.norm_eps, h[: len(rows)]), out)
+        if self.output_bias_vec is not None:
+            y += self.output_bias_vec
+        if c.logit_scale:
+            y *= np.float32(1.0) / np.float32(c.logit_scale)
+        if c.final_softcap:
+            cap = np.float32(c.final_softcap)
+            np.multiply(np.tanh(y * (np.float32(1.0) / cap)), cap, out=y)
+        return y
+
+    def _decode_fused(self, tokens, cache: KVCache, s: RunState, logits_for, out):
+        start = cache.n_past
+        x = s.buffers["x"][:1]
+        self._embed(tokens, x)
+        self._fused(cache, start, self.rope_tables(start, 1), s)
+        cache.n_past = start + 1
+        return self._logits(x, s.buffers["h"][:1], logits_for, out)
+
+
+class _TensorLoader:
+    """Looks tensors up by name, checks their shapes and types, and that the model uses every one:
+    any tensor left unread fails the load, naming it (a file with a tensor we ignore would give
+    plausible garbage)."""
+
+    def __init__(self, gguf: GGUFFile):
+        self.gguf, self.used = gguf, set()
+
+    def _get(self, name: str) -> Tensor:
+        t = self.gguf.tensor(name)
+        try:
+            format_of(t.type)
+        except UnsupportedType as e:
+            raise GGUFError(f"{self.gguf.path}: tensor '{name}': {e}") from None
+        self.used.add(name)
+        return t
+
+    def check_all_used(self) -> None:
+        unused = sorted(set(self.gguf.tensors) - self.used)
+        if unused:
+            more = f" and {len(unused) - 1} more" if len(unused) > 1 else ""
+            raise GGUFError(f"{self.gguf.path}: tensor '{unused[0]}'{more} is not used by the "
+                            f"{self.gguf.get('general.architecture')} architecture (an unsupported variant?)")
+
+    def matrix(self, name: str, shape: tuple[int, int]) -> Tensor:
+        t = self._get(name)
+        if tuple(t.shape) != shape:
+            raise GGUFError(f"{self.gguf.path}: tensor '{name}' has shape {tuple(t.shape)}, expected {shape}")
+        return t
+
+    def vector(self, name: str, size: int, optional: bool = False) -> np.ndarray | None:
+        """A small tensor as float32; optional: None where the file has none (llama.cpp's TENSOR_NOT_REQUIRED)."""
+        if optional and name not in self.gguf.tensors:
+            return None
+        t = self._get(name)
+        if tuple(t.shape) != (size,):
+            raise GGUFError(f"{self.gguf.path}: tensor '{name}' has shape {tuple(t.shape)}, expected ({size},)")
+        return dequantize(t.data, t.type).astype(np.float32)  # small: norms and biases live in RAM as float32
