@@ -108,17 +108,20 @@ def rope(x, cos, sin, neox):
 
 
 @njit(cache=True, parallel=True, fastmath=True, error_model="numpy")
-def attention(q, k, v, start, scores, out, scale=0.0, window=0):
+def attention(q, k, v, start, scores, out, scale=0.0, window=0, softcap=0.0):
     """Causal grouped-query attention over the KV cache.
 
     q: (n, heads, hd) at positions start..start+n-1; k, v: (>= start+n, kv_heads, hd), float32 or
     uint16 halves (the cache); scores: scratch (heads, >= start+n); out: (n, heads, hd). One
     thread per head. scale: of the scores (0: 1/sqrt(hd)); window > 0: a query at position i sees
-    only keys i - window + 1 .. i (sliding-window layers, llama.cpp's LLAMA_SWA_TYPE_STANDARD).
+    only keys i - window + 1 .. i (sliding-window layers, llama.cpp's LLAMA_SWA_TYPE_STANDARD);
+    softcap > 0: scores become softcap * tanh(score / softcap) (Gemma 2).
     """
     n, heads, hd = q.shape
     group = heads // k.shape[1]
     scale = np.float32(1.0 / np.sqrt(hd)) if scale == 0.0 else np.float32(scale)
+    cap = np.float32(softcap)
+    inv_cap = np.float32(1.0) / cap if softcap > 0.0 else np.float32(0.0)
     for h in prange(heads):
         kvh = h // group
         s = scores[h]
@@ -131,6 +134,8 @@ def attention(q, k, v, start, scores, out, scale=0.0, window=0):
                 for j in range(hd):
                     dot += q[t, h, j] * simd.as_float(k[p, kvh, j])
                 s[p] = dot * scale
+                if softcap > 0.0:
+                    s[p] = cap * np.tanh(s[p] * inv_cap)
                 top = max(top, s[p])
             total = np.float32(0.0)
             for p in range(first, length):
@@ -219,3 +224,32 @@ def geglu(gate, up, out):
         for j in range(m):
             g = gate[t, j]
             out[t, j] = np.float32(0.5) * g * (np.float32(1.0) + np.tanh(c * g * (np.float32(1.0) + a * g * g))) * up[t, j]
+
+
+@_rowwise()
+def gelu(x, out):
+    """out = gelu(x), (n, m); the tanh approximation, as geglu's."""
+    n, m = x.shape
+    c, a = np.float32(GELU_C), np.float32(0.044715)
+    for t in prange(n):
+        for j in range(m):
+            g = x[t, j]
+            out[t, j] = np.float32(0.5) * g * (np.float32(1.0) + np.tanh(c * g * (np.float32(1.0) + a * g * g)))
+
+
+@_rowwise()
+def layernorm(x, weight, bias, eps, out):
+    """x: (n, dim) -> out (n, dim) = (x - mean) / sqrt(var + eps) * weight + bias (bias: zeros for none)."""
+    n, dim = x.shape
+    for t in prange(n):
+        total = np.float32(0.0)
+        for j in range(dim):
+            total += x[t, j]
+        mean = total / np.float32(dim)
+        ss = np.float32(0.0)
+        for j in range(dim):
+            d = x[t, j] - mean
+            ss += d * d
+        scale = np.float32(1.0) / np.sqrt(ss / np.float32(dim) + np.float32(eps))
+        for j in range(dim):
+            out[t, j] = (x[t, j] - mean) * scale * weight[j] + bias[j]

@@ -57,14 +57,14 @@ def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
 
 
 def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, start: int, scale: float = 0.0,
-              window: int = 0) -> np.ndarray:
+              window: int = 0, softcap: float = 0.0) -> np.ndarray:
     """Causal grouped-query attention over a KV cache.
 
     q: (n, n_heads, head_dim) for positions start..start+n-1
     k, v: (start + n, n_kv_heads, head_dim), the cache up to and including those positions
     -> (n, n_heads, head_dim). Query head h reads kv head h // (n_heads / n_kv_heads).
     scale: of the scores q.k (0: 1/sqrt(head_dim)); window > 0: the query at position i sees keys
-    i - window + 1 .. i only (a sliding-window layer).
+    i - window + 1 .. i only (a sliding-window layer); softcap > 0: scores -> softcap * tanh(scores / softcap).
     """
     n, n_heads, head_dim = q.shape
     total, n_kv_heads, _ = k.shape
@@ -74,6 +74,8 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, start: int, scale: fl
     vh = v.astype(np.float32).transpose(1, 0, 2)                                    # (kv, total, hd)
     scores = qh @ kh[:, None]                                                       # (kv, group, n, total)
     scores = scores * np.float32(scale) if scale else scores / np.float32(np.sqrt(head_dim))
+    if softcap:
+        scores = np.float32(softcap) * np.tanh(scores / np.float32(softcap))
     future = np.arange(total)[None, :] > (start + np.arange(n))[:, None]            # (n, total)
     if window > 0:
         future |= (start + np.arange(n))[:, None] - np.arange(total)[None, :] >= window
@@ -99,3 +101,11 @@ def gelu(x: np.ndarray) -> np.ndarray:
 def geglu(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
     """gate, up: (n, n_ff) -> gelu(gate) * up."""
     return (gelu(gate) * up).astype(np.float32)
+
+
+def layernorm(x: np.ndarray, weight: np.ndarray, bias, eps: float) -> np.ndarray:
+    """x: (n, dim) -> (x - mean) / sqrt(var + eps) * weight (+ bias)."""
+    x = x.astype(np.float32)
+    centred = x - x.mean(axis=-1, keepdims=True)
+    out = centred / np.sqrt(np.mean(centred * centred, axis=-1, keepdims=True) + np.float32(eps)) * weight
+    return (out + bias if bias is not None else out).astype(np.float32)

@@ -57,10 +57,10 @@ class NumpyBackend:
         x[:] = reference.apply_rope(x, *angles, neox)
         return x
 
-    def attention(self, q, k, v, start, out, scale=0.0, window=0):
+    def attention(self, q, k, v, start, out, scale=0.0, window=0, softcap=0.0):
         """out = causal attention of q (n, heads, hd) over the cache k, v; scale 0: 1/sqrt(hd); window > 0:
-        sliding (each query sees its last window keys)."""
-        out[:] = reference.attention(q, _floats(k), _floats(v), start, scale, window)
+        sliding (each query sees its last window keys); softcap > 0: scores softcapped (Gemma 2)."""
+        out[:] = reference.attention(q, _floats(k), _floats(v), start, scale, window, softcap)
         return out
 
     def swiglu(self, gate, up, out):
@@ -69,6 +69,14 @@ class NumpyBackend:
 
     def geglu(self, gate, up, out):
         out[:] = reference.geglu(gate, up)
+        return out
+
+    def layernorm(self, x, weight, bias, eps, out):
+        out[:] = reference.layernorm(x, weight, bias, eps)
+        return out
+
+    def gelu(self, x, out):
+        out[:] = reference.gelu(x).astype(np.float32)
         return out
 
 
@@ -146,15 +154,15 @@ class NumbaBackend(NumpyBackend):
     def store_kv(self, dst, values):
         self.ops.store_as_half(dst, values)
 
-    def attention(self, q, k, v, start, out, scale=0.0, window=0):
+    def attention(self, q, k, v, start, out, scale=0.0, window=0, softcap=0.0):
         n = q.shape[0]
-        blocked = n >= self.ops.QUERY_BLOCK and q.shape[2] % 8 == 0      # a prompt: 16 queries at a time
+        blocked = n >= self.ops.QUERY_BLOCK and q.shape[2] % 8 == 0 and softcap == 0.0   # a prompt: 16 at a time
         if blocked and (window == 0 or start + n <= window):           # (where no window cuts a key off)
             if k.dtype == np.uint16:  # the cache's halves as floats once, not at every use
                 k, v = self._as_floats(k, 0), self._as_floats(v, 1)
             self.ops.attention_blocked(q, k, v, start, self._blocked_scratch(q.shape[2]), out, float(scale))
         else:
-            self.ops.attention(q, k, v, start, self._scores, out, float(scale), int(window))
+            self.ops.attention(q, k, v, start, self._scores, out, float(scale), int(window), float(softcap))
         return out
 
     def swiglu(self, gate, up, out):
@@ -165,6 +173,14 @@ class NumbaBackend(NumpyBackend):
         self.ops.geglu(gate, up, out)
         return out
 
+    def layernorm(self, x, weight, bias, eps, out):
+        self.ops.layernorm(x, weight, self._no_bias[: x.shape[1]] if bias is None else bias, np.float32(eps), out)
+        return out
+
+    def gelu(self, x, out):
+        self.ops.gelu(x, out)
+        return out
+
     def allocate(self, n_batch: int, n_heads: int, n_ctx: int, rope_dim: int) -> None:
         self.n_batch = n_batch
         self._q8 = {}                                                # (width, kind) -> Q8Activations
@@ -173,6 +189,7 @@ class NumbaBackend(NumpyBackend):
         self._rope_cos = np.empty((2, n_batch, rope_dim // 2), np.float32)   # two tables (rope_angles)
         self._rope_sin = np.empty((2, n_batch, rope_dim // 2), np.float32)
         self._no_factors = np.ones(rope_dim // 2, np.float32)
+        self._no_bias = np.zeros(1 << 16, np.float32)                # layernorm without a bias
 
 
     def _blocked_scratch(self, head_dim: int) -> np.ndarray:

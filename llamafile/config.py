@@ -18,15 +18,17 @@ class ModelConfig:
     head_dim: int        # {arch}.attention.key_length, else n_embd / n_head
     rope_dim: int        # {arch}.rope.dimension_count, else head_dim
     rope_base: float     # {arch}.rope.freq_base
-    norm_eps: float      # {arch}.attention.layer_norm_rms_epsilon
+    norm_eps: float      # {arch}.attention.layer_norm_rms_epsilon (layer_norm_epsilon where a model has only that)
     n_ctx_train: int     # {arch}.context_length
     n_vocab: int         # length of tokenizer.ggml.tokens
+    layer_norm_eps: float = 0.0  # {arch}.attention.layer_norm_epsilon (LayerNorm models)
     rope_scale: float = 1.0      # 1 / {arch}.rope.scaling.factor (linear scaling; 1 without)
     # read by the architectures that use them (their read_config), as llama.cpp does:
     n_swa: int = 0               # {arch}.attention.sliding_window: keys a sliding-window layer sees (0: none)
     swa_layers: tuple = ()       # per layer: True where the layer attends through the sliding window
     rope_base_swa: float = 10000.0   # {arch}.rope.freq_base_swa: the sliding-window layers' rope base
     attn_scale: float = 0.0      # the attention scores' scale (0: 1/sqrt(head_dim))
+    attn_softcap: float = 0.0    # {arch}.attn_logit_softcapping where the architecture uses it (gemma2; 0: none)
     embed_scale: float = 0.0     # the embeddings' scale (0: none; gemma: sqrt(n_embd))
     final_softcap: float = 0.0   # {arch}.final_logit_softcapping: logits = cap * tanh(logits / cap) (0: none)
     logit_scale: float = 0.0     # {arch}.logit_scale: logits /= logit_scale (granite; 0: none)
@@ -58,7 +60,10 @@ class ModelConfig:
             head_dim=head_dim,
             rope_dim=int(key("rope.dimension_count", head_dim)),
             rope_base=float(key("rope.freq_base", 10000.0)),
-            norm_eps=float(key("attention.layer_norm_rms_epsilon")),
+            norm_eps=float(key("attention.layer_norm_rms_epsilon")
+                           if gguf.get(f"{arch}.attention.layer_norm_rms_epsilon") is not None
+                           else key("attention.layer_norm_epsilon")),
+            layer_norm_eps=float(gguf.get(f"{arch}.attention.layer_norm_epsilon", 0.0) or 0.0),
             n_ctx_train=int(key("context_length")),
             n_vocab=len(gguf.require("tokenizer.ggml.tokens")),
             rope_scale=_rope_scale(gguf, arch),

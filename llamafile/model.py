@@ -63,6 +63,7 @@ class Model:
         self.backend = BACKENDS[backend]() if isinstance(backend, str) else backend
         self.net = arch(gguf, self.config, self.backend)
         self.n_ctx = min(n_ctx or DEFAULT_N_CTX, self.config.n_ctx_train)
+        self.net.set_context(self.n_ctx)
         self.cache = KVCache.allocate(self.config, self.n_ctx)
         self.tokens: list[int] = []  # the ids whose keys and values the cache holds
         self.state = RunState(self.config, n_batch=min(N_BATCH, self.n_ctx), buffers=self.net.widths)

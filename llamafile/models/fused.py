@@ -22,20 +22,20 @@ from numba import njit
 
 from kernels.matmul import (SUPPORTED, activations, block_weights, matvec, quantize_q8_k_serial, quantize_q8_serial,
                             types_mask)
-from kernels.ops import attention, geglu, rmsnorm, rope, store_as_half, swiglu
+from kernels.ops import attention, geglu, gelu, layernorm, rmsnorm, rope, store_as_half, swiglu
 
 rmsnorm_serial, rope_serial, swiglu_serial, geglu_serial = rmsnorm.serial, rope.serial, swiglu.serial, geglu.serial
+layernorm_serial, gelu_serial = layernorm.serial, gelu.serial
 
 KINDS = {None: 0, "q8_0": 1, "q8_k": 2}  # the activations a matrix multiplies: float, or kernels.matmul.QUANTIZE
 
 # opcodes (a step's op) and the columns of a step's row in the table
-OPS = {"norm": 1, "matmul": 2, "rope": 3, "store_kv": 4, "attention": 5, "add": 6, "swiglu": 7, "geglu": 8, "scale": 9}
 NOP = 0                                # padding: layers with fewer steps
-OP, SRC, DST, OTHER, VEC, ROWS, MAT, BIAS, QFIRST, QLAST, FORMS, TABLE, WINDOW = range(13)
-COLUMNS = 13
-NORM, MATMUL, ROPE, STORE_KV, ATTENTION, ADD, SWIGLU, GEGLU, SCALE = range(1, 10)
-assert [OPS[k] for k in ("norm", "matmul", "rope", "store_kv", "attention", "add", "swiglu", "geglu", "scale")] == \
-    [NORM, MATMUL, ROPE, STORE_KV, ATTENTION, ADD, SWIGLU, GEGLU, SCALE]
+NORM, MATMUL, ROPE, STORE_KV, ATTENTION, ADD, SWIGLU, GEGLU, SCALE, LAYERNORM, COPY, GELU = range(1, 13)
+OPS = {"norm": NORM, "matmul": MATMUL, "rope": ROPE, "store_kv": STORE_KV, "attention": ATTENTION, "add": ADD,
+       "swiglu": SWIGLU, "geglu": GEGLU, "scale": SCALE, "layernorm": LAYERNORM, "copy": COPY, "gelu": GELU}
+OP, SRC, DST, OTHER, VEC, ROWS, MAT, BIAS, QFIRST, QLAST, FORMS, TABLE, WINDOW, OFFSET = range(14)
+COLUMNS = 14
 
 
 @njit(cache=True, inline="always")
@@ -67,11 +67,12 @@ def _decoder(mask: int):
 
     @njit(cache=True)
     def decode_blocks(data, plan, steps, factors, vectors, buffers, forms, cache_k, cache_v, pos, cos, sin, neox,
-                      eps, head_dim, scores):
+                      eps, eps_ln, head_dim, scores):
         """Run one token (buffers[0]: x, (1, n_embd), updated in place) through every block at position pos.
 
         plan: (offsets, rows, row_bytes, types, activation kinds), each (n_layer, matrices);
-        steps: (n_layer, n_steps, COLUMNS) int64; factors: (n_layer, n_steps) float64 (attention scale, scale);
+        steps: (n_layer, n_steps, COLUMNS) int64; factors: (n_layer, n_steps, 2) float64 (attention: scale and
+        softcap; scale: the factor);
         vectors: every norm weight and bias, float32; buffers: the (1, width) activations by number;
         forms: per matmul input, its (q8_0, q8_k) scratch; cos, sin: (tables, 1, rope_dim/2);
         cache_k, cache_v: (n_layer, n_ctx, n_head_kv, head_dim), uint16 halves.
@@ -107,7 +108,7 @@ def _decoder(mask: int):
                     q, out = buffers[st[SRC]], buffers[st[DST]]
                     attention(q.reshape(1, q.shape[1] // head_dim, head_dim), cache_k[l, : pos + 1],
                               cache_v[l, : pos + 1], pos, scores, out.reshape(1, out.shape[1] // head_dim, head_dim),
-                              factors[l, i], st[WINDOW])
+                              factors[l, i, 0], st[WINDOW], factors[l, i, 1])
                 elif op == ADD:
                     dst = buffers[st[DST]]
                     dst += buffers[st[OTHER]]
@@ -117,7 +118,24 @@ def _decoder(mask: int):
                     geglu_serial(buffers[st[SRC]], buffers[st[OTHER]], buffers[st[DST]])
                 elif op == SCALE:
                     dst = buffers[st[DST]]
-                    dst *= np.float32(factors[l, i])
+                    dst *= np.float32(factors[l, i, 0])
+                elif op == LAYERNORM:
+                    src, dst = buffers[st[SRC]], buffers[st[DST]]
+                    rows = st[ROWS]
+                    if rows == 1:
+                        width = src.shape[1]
+                        layernorm_serial(src, vectors[st[VEC] : st[VEC] + width], vectors[st[BIAS] : st[BIAS] + width],
+                                         eps_ln, dst)
+                    else:  # per head: normalised (ones and zeros at BIAS), then scaled by the weight at VEC
+                        width = src.shape[1] // rows
+                        layernorm_serial(src.reshape(rows, width), vectors[st[BIAS] : st[BIAS] + width],
+                                         vectors[st[BIAS] + width : st[BIAS] + 2 * width], eps_ln, dst.reshape(rows, width))
+                        dst[0] *= vectors[st[VEC] : st[VEC] + dst.shape[1]]
+                elif op == COPY:
+                    src, dst = buffers[st[SRC]], buffers[st[DST]]
+                    dst[0, :] = src[0, st[OFFSET] : st[OFFSET] + dst.shape[1]]
+                elif op == GELU:
+                    gelu_serial(buffers[st[SRC]], buffers[st[DST]])
     return decode_blocks
 
 
@@ -153,7 +171,7 @@ class FusedDecoder:
         n_steps = max(len(layer) for layer in net.layers)
         n_mat = max(sum(b.step.op == "matmul" for b in layer) for layer in net.layers)
         steps = np.zeros((len(net.layers), n_steps, COLUMNS), np.int64)
-        factors = np.zeros((len(net.layers), n_steps), np.float64)
+        factors = np.zeros((len(net.layers), n_steps, 2), np.float64)
         table = np.zeros((len(net.layers), n_mat, 5), np.int64)
         vectors, size = [], 0
 
@@ -168,11 +186,19 @@ class FusedDecoder:
             for i, b in enumerate(layer):
                 st, row = b.step, steps[l, i]
                 row[:] = (OPS[st.op], number.get(st.src, 0), number.get(st.dst, 0), number.get(st.other, 0),
-                          0, 1, 0, -1, -1, -1, 0, st.table, st.window)
-                factors[l, i] = st.factor
+                          0, 1, 0, -1, -1, -1, 0, st.table, st.window, st.offset)
+                factors[l, i] = st.factor, st.cap
                 if st.op == "norm":
                     row[VEC] = place(b.vector)
                     row[ROWS] = net.widths[st.src] // len(b.vector)
+                elif st.op == "layernorm":
+                    row[VEC] = place(b.vector)
+                    if st.per_head:
+                        hd = net.config.head_dim
+                        row[ROWS] = net.widths[st.src] // hd
+                        row[BIAS] = place(np.concatenate([np.ones(hd, np.float32), np.zeros(hd, np.float32)]))
+                    else:
+                        row[BIAS] = place(b.bias if b.bias is not None else np.zeros_like(b.vector))
                 elif st.op == "matmul":
                     w = b.weight
                     table[l, j] = (gguf.data_offset + w.offset, w.shape[0], w.data.shape[1], int(w.type),
@@ -201,4 +227,5 @@ class FusedDecoder:
         cos = np.stack([t[0] for t in tables]) if len(tables) > 1 else tables[0][0][None]
         sin = np.stack([t[1] for t in tables]) if len(tables) > 1 else tables[0][1][None]
         self.decode(self.data, self.plan, self.steps, self.factors, self.vectors, buffers, self.forms, cache.k, cache.v,
-                    pos, cos, sin, self.net.rope_neox, np.float32(c.norm_eps), c.head_dim, self.net.backend._scores)
+                    pos, cos, sin, self.net.rope_neox, np.float32(c.norm_eps), np.float32(c.layer_norm_eps), c.head_dim,
+                    self.net.backend._scores)

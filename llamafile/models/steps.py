@@ -8,11 +8,15 @@ through the backend (prompts, and the numpy reference), and llamafile.models.fus
 list into integer tables that one jitted call interprets for every block of a decode step.
 
     norm(src, weight, dst)            dst = rmsnorm(src) * blk.N.<weight>.weight   (per_head: each head alone)
+    layernorm(src, weight, dst, bias) dst = layernorm(src) * weight (+ blk.N.<weight>.bias where present, if bias)
     matmul(weight, src, dst, bias)    dst = W src (+ blk.N.<weight>.bias where the file has one, if bias)
     rope(buf, table)                  rotate buf's heads by angle table 0 (rope.freq_base) or 1 (the
                                       sliding-window layers' base)
     store_kv(k, v)                    append k, v to this layer's cache (as halves, as llama.cpp's)
-    attention(q, dst, window, scale)  causal attention of q over the cache (window > 0: sliding)
+    attention(q, dst, window, scale, softcap)  causal attention of q over the cache (window > 0: sliding;
+                                      softcap > 0: scores softcapped)
+    copy(src, dst, offset)            dst = src[:, offset : offset + width(dst)]  (splitting fused projections)
+    gelu(src, dst)                    dst = gelu(src)
     add(dst, src)                     dst += src
     swiglu(gate, up, dst)             dst = silu(gate) * up
     geglu(gate, up, dst)              dst = gelu(gate) * up (tanh approximation)
@@ -35,10 +39,17 @@ class Step:
     table: int = 0         # rope: angle table 0 (global) or 1 (sliding-window layers)
     window: int = 0        # attention: keys a query sees (0: all before it)
     factor: float = 0.0    # attention: score scale (0: 1/sqrt(head_dim)); scale: the factor
+    cap: float = 0.0       # attention: softcap of the scores (0: none)
+    offset: int = 0        # copy: the first column of src copied
 
 
 def norm(src: str, weight: str, dst: str, per_head: bool = False) -> Step:
     return Step("norm", src=src, dst=dst, weight=weight, per_head=per_head)
+
+
+def layernorm(src: str, weight: str, dst: str, bias: bool = True, per_head: bool = False) -> Step:
+    """per_head: each head normalised on its own, then scaled by the weight over all heads (no bias)."""
+    return Step("layernorm", src=src, dst=dst, weight=weight, bias=bias and not per_head, per_head=per_head)
 
 
 def matmul(weight: str, src: str, dst: str, bias: bool = False) -> Step:
@@ -53,8 +64,16 @@ def store_kv(k: str, v: str) -> Step:
     return Step("store_kv", src=k, other=v)
 
 
-def attention(q: str, dst: str, window: int = 0, scale: float = 0.0) -> Step:
-    return Step("attention", src=q, dst=dst, window=window, factor=scale)
+def attention(q: str, dst: str, window: int = 0, scale: float = 0.0, softcap: float = 0.0) -> Step:
+    return Step("attention", src=q, dst=dst, window=window, factor=scale, cap=softcap)
+
+
+def copy(src: str, dst: str, offset: int) -> Step:
+    return Step("copy", src=src, dst=dst, offset=offset)
+
+
+def gelu(src: str, dst: str) -> Step:
+    return Step("gelu", src=src, dst=dst)
 
 
 def add(dst: str, src: str) -> Step:
@@ -73,19 +92,34 @@ def scale(buf: str, factor: float) -> Step:
     return Step("scale", src=buf, dst=buf, factor=factor)
 
 
-def attention_block(bias_qkv: bool = False, bias_out: bool = False, qk_norm: bool = False, table: int = 0,
-                    window: int = 0, scale: float = 0.0, rope_q_k: bool = True) -> list[Step]:
-    """The attention half most architectures share, from h (normalised x) to proj."""
-    steps = [matmul("attn_q", "h", "q", bias_qkv), matmul("attn_k", "h", "k", bias_qkv),
-             matmul("attn_v", "h", "v", bias_qkv)]
+def attention_block(bias_qkv: bool = False, bias_out: bool = False, qk_norm: bool | str = False, table: int = 0,
+                    window: int = 0, scale: float = 0.0, rope_q_k: bool = True, softcap: float = 0.0,
+                    src: str = "h") -> list[Step]:
+    """The attention half most architectures share, from src (normalised x) to proj.
+    qk_norm: True (RMSNorm per head), "whole" (over all of q and k, OLMo 2)."""
+    steps = [matmul("attn_q", src, "q", bias_qkv), matmul("attn_k", src, "k", bias_qkv),
+             matmul("attn_v", src, "v", bias_qkv)]
     if qk_norm:
-        steps += [norm("q", "attn_q_norm", "q", per_head=True), norm("k", "attn_k_norm", "k", per_head=True)]
+        per_head = qk_norm != "whole"
+        steps += [norm("q", "attn_q_norm", "q", per_head=per_head), norm("k", "attn_k_norm", "k", per_head=per_head)]
     if rope_q_k:
         steps += [rope("q", table), rope("k", table)]
-    return steps + [store_kv("k", "v"), attention("q", "att", window, scale), matmul("attn_output", "att", "proj", bias_out)]
+    return steps + [store_kv("k", "v"), attention("q", "att", window, scale, softcap),
+                    matmul("attn_output", "att", "proj", bias_out)]
 
 
-def gated_ffn(act=swiglu, bias: bool = False) -> list[Step]:
-    """gate/up/down from h to proj: act(W_gate h) * W_up h, then W_down."""
-    return [matmul("ffn_gate", "h", "gate", bias), matmul("ffn_up", "h", "up", bias), act("gate", "up", "ffn"),
-            matmul("ffn_down", "ffn", "proj", bias)]
+def gated_ffn(act=swiglu, bias: bool = False, src: str = "h", dst: str = "proj") -> list[Step]:
+    """gate/up/down from src to dst: act(W_gate src) * W_up src, then W_down."""
+    return [matmul("ffn_gate", src, "gate", bias), matmul("ffn_up", src, "up", bias), act("gate", "up", "ffn"),
+            matmul("ffn_down", "ffn", dst, bias)]
+
+
+def fused_gated_ffn(n_ff: int, act=swiglu, src: str = "h", dst: str = "proj") -> list[Step]:
+    """Phi-3 / GLM-4: one ffn_up matrix of 2 n_ff rows, gate first then up (ggml_swiglu's split)."""
+    return [matmul("ffn_up", src, "gateup"), copy("gateup", "gate", 0), copy("gateup", "up", n_ff),
+            act("gate", "up", "ffn"), matmul("ffn_down", "ffn", dst)]
+
+
+def plain_ffn(bias: bool = True, src: str = "h", dst: str = "proj") -> list[Step]:
+    """up, gelu, down (StarCoder 2, Phi-2)."""
+    return [matmul("ffn_up", src, "up", bias), gelu("up", "ffn"), matmul("ffn_down", "ffn", dst, bias)]

@@ -87,6 +87,8 @@ class Transformer:
     rope_freqs = False          # the file may have rope_freqs.weight (Llama 3.1+ rope scaling)
     # tensors llama.cpp loads that play no part in next-token logits (e.g. a reranker's head)
     not_for_logits: tuple[str, ...] = ()
+    moe = False                 # reads mixture-of-experts blocks
+    output_layernorm = False    # the final norm is a LayerNorm with output_norm.bias (else RMSNorm)
 
     @classmethod
     def read_config(cls, gguf: GGUFFile) -> ModelConfig:
@@ -103,21 +105,32 @@ class Transformer:
         self.config, self.backend = config, backend
         self._gguf = gguf
         c = config
+        if int(gguf.get(f"{c.arch}.expert_count", 0) or 0) > 0 and not self.moe:
+            raise GGUFError(f"{gguf.path}: mixture-of-experts {c.arch} models are not supported yet")
         self.widths = self.buffers()
+        self._ones = np.ones(c.head_dim, np.float32)
         weights = _TensorLoader(gguf)
         self.token_embd = weights.matrix("token_embd.weight", (c.n_vocab, c.n_embd))
         self.layers = [[self._bind(step, i, weights) for step in self.block(i)] for i in range(c.n_layer)]
         self.output_norm = weights.vector("output_norm.weight", c.n_embd)
+        self.output_norm_bias = weights.vector("output_norm.bias", c.n_embd) if self.output_layernorm else None
         self.output = (weights.matrix("output.weight", (c.n_vocab, c.n_embd))
                        if "output.weight" in gguf.tensors else self.token_embd)
         self.output_bias_vec = weights.vector("output.bias", c.n_vocab, optional=True) if self.output_bias else None
         # rope frequency factors (Llama 3.1+ rope scaling): angle_i = pos * base^(-2i/d) / factor_i
         self.rope_factors = (weights.vector("rope_freqs.weight", c.rope_dim // 2, optional=True)
                              if self.rope_freqs else None)
+        self._load_extra(weights)
         for name in self.not_for_logits:
             if name in gguf.tensors:
                 weights.used.add(name)
         weights.check_all_used()
+
+    def _load_extra(self, weights: "_TensorLoader") -> None:
+        """Tensors outside the blocks that an architecture reads besides the usual ones."""
+
+    def set_context(self, n_ctx: int) -> None:
+        """The context the model runs with (LongRoPE picks its frequency factors by it)."""
 
     def _bind(self, step: Step, i: int, weights: "_TensorLoader") -> Bound:
         w = self.widths
@@ -128,6 +141,12 @@ class Transformer:
         if step.op == "norm":
             size = self.config.head_dim if step.per_head else w[step.src]
             return Bound(step, vector=weights.vector(f"blk.{i}.{step.weight}.weight", size))
+        if step.op == "layernorm":
+            name = f"blk.{i}.{step.weight}"
+            if step.per_head:  # each head normalised alone, then scaled by its own weights (StableLM's q/k norms)
+                return Bound(step, vector=weights.vector(f"{name}.weight", w[step.src], flat=True))
+            return Bound(step, vector=weights.vector(f"{name}.weight", w[step.src]),
+                         bias=weights.vector(f"{name}.bias", w[step.src], optional=True) if step.bias else None)
         return Bound(step)
 
     @property
@@ -198,6 +217,14 @@ class Transformer:
                 if st.per_head:
                     src, dst = src.reshape(-1, hd), dst.reshape(-1, hd)
                 ops.rmsnorm(src, b.vector, c.norm_eps, dst)
+            elif op == "layernorm":
+                if st.per_head:
+                    dst = buf[st.dst]
+                    ops.layernorm(buf[st.src].reshape(-1, hd), self._ones[:hd], None, c.layer_norm_eps,
+                                  dst.reshape(-1, hd))
+                    dst *= b.vector
+                else:
+                    ops.layernorm(buf[st.src], b.vector, b.bias, c.layer_norm_eps, buf[st.dst])
             elif op == "matmul":
                 if st.src not in prepared:
                     prepared[st.src] = ops.prepare(buf[st.src])
@@ -211,7 +238,12 @@ class Transformer:
                 ops.store_kv(cache.v[layer, start : start + n], buf[st.other].reshape(n, -1, hd))
             elif op == "attention":
                 ops.attention(buf[st.src].reshape(n, -1, hd), cache.k[layer, : start + n], cache.v[layer, : start + n],
-                              start, buf[st.dst].reshape(n, -1, hd), st.factor, st.window)
+                              start, buf[st.dst].reshape(n, -1, hd), st.factor, st.window, st.cap)
+            elif op == "copy":
+                dst = buf[st.dst]
+                dst[:] = buf[st.src][:, st.offset : st.offset + dst.shape[1]]
+            elif op == "gelu":
+                ops.gelu(buf[st.src], buf[st.dst])
             elif op == "add":
                 buf[st.dst] += buf[st.other]
             elif op == "swiglu":
@@ -229,7 +261,11 @@ class Transformer:
             return None
         c, ops = self.config, self.backend
         rows = x if logits_for == "all" else x[-1:]                                      # (n or 1, n_embd)
-        y = ops.matmul(self.output, ops.rmsnorm(rows, self.output_norm, c.norm_eps, h[: len(rows)]), out)
+        if self.output_layernorm:
+            normed = ops.layernorm(rows, self.output_norm, self.output_norm_bias, c.layer_norm_eps, h[: len(rows)])
+        else:
+            normed = ops.rmsnorm(rows, self.output_norm, c.norm_eps, h[: len(rows)])
+        y = ops.matmul(self.output, normed, out)
         if self.output_bias_vec is not None:
             y += self.output_bias_vec
         if c.logit_scale:
@@ -278,11 +314,14 @@ class _TensorLoader:
             raise GGUFError(f"{self.gguf.path}: tensor '{name}' has shape {tuple(t.shape)}, expected {shape}")
         return t
 
-    def vector(self, name: str, size: int, optional: bool = False) -> np.ndarray | None:
-        """A small tensor as float32; optional: None where the file has none (llama.cpp's TENSOR_NOT_REQUIRED)."""
+    def vector(self, name: str, size: int, optional: bool = False, flat: bool = False) -> np.ndarray | None:
+        """A small tensor as float32; optional: None where the file has none (llama.cpp's TENSOR_NOT_REQUIRED);
+        flat: any shape of size elements, flattened."""
         if optional and name not in self.gguf.tensors:
             return None
         t = self._get(name)
+        if flat and int(np.prod(t.shape)) == size:
+            return dequantize(t.data, t.type).astype(np.float32).reshape(-1)
         if tuple(t.shape) != (size,):
             raise GGUFError(f"{self.gguf.path}: tensor '{name}' has shape {tuple(t.shape)}, expected ({size},)")
         return dequantize(t.data, t.type).astype(np.float32)  # small: norms and biases live in RAM as float32
