@@ -108,14 +108,15 @@ def rope(x, cos, sin, neox):
 
 
 @njit(cache=True, parallel=True, fastmath=True, error_model="numpy")
-def attention(q, k, v, start, scores, out, scale=0.0, window=0, softcap=0.0):
+def attention(q, k, v, start, scores, out, scale=0.0, window=0, softcap=0.0, sinks=None):
     """Causal grouped-query attention over the KV cache.
 
     q: (n, heads, hd) at positions start..start+n-1; k, v: (>= start+n, kv_heads, hd), float32 or
     uint16 halves (the cache); scores: scratch (heads, >= start+n); out: (n, heads, hd). One
     thread per head. scale: of the scores (0: 1/sqrt(hd)); window > 0: a query at position i sees
     only keys i - window + 1 .. i (sliding-window layers, llama.cpp's LLAMA_SWA_TYPE_STANDARD);
-    softcap > 0: scores become softcap * tanh(score / softcap) (Gemma 2).
+    softcap > 0: scores become softcap * tanh(score / softcap) (Gemma 2); sinks (heads,): a logit per head
+    that joins the softmax's denominator only (gpt-oss's attention sinks).
     """
     n, heads, hd = q.shape
     group = heads // k.shape[1]
@@ -138,6 +139,9 @@ def attention(q, k, v, start, scores, out, scale=0.0, window=0, softcap=0.0):
                     s[p] = cap * np.tanh(s[p] * inv_cap)
                 top = max(top, s[p])
             total = np.float32(0.0)
+            if sinks is not None:
+                top = max(top, sinks[h])
+                total = exp(sinks[h] - top)
             for p in range(first, length):
                 s[p] = exp(s[p] - top)
                 total += s[p]

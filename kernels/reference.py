@@ -57,7 +57,7 @@ def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
 
 
 def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, start: int, scale: float = 0.0,
-              window: int = 0, softcap: float = 0.0) -> np.ndarray:
+              window: int = 0, softcap: float = 0.0, sinks=None) -> np.ndarray:
     """Causal grouped-query attention over a KV cache.
 
     q: (n, n_heads, head_dim) for positions start..start+n-1
@@ -80,7 +80,13 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, start: int, scale: fl
     if window > 0:
         future |= (start + np.arange(n))[:, None] - np.arange(total)[None, :] >= window
     scores[..., future] = -np.inf
-    out = softmax(scores) @ vh[:, None]                                             # (kv, group, n, hd)
+    if sinks is None:
+        out = softmax(scores) @ vh[:, None]                                         # (kv, group, n, hd)
+    else:  # a per-head logit in the denominator only
+        sink = np.asarray(sinks, np.float32).reshape(n_kv_heads, group, 1, 1)
+        top = np.maximum(scores.max(axis=-1, keepdims=True), sink)
+        e = np.exp(scores - top)
+        out = (e / (e.sum(axis=-1, keepdims=True) + np.exp(sink - top))) @ vh[:, None]
     return out.transpose(2, 0, 1, 3).reshape(n, n_heads, head_dim).astype(np.float32)
 
 

@@ -57,10 +57,11 @@ class NumpyBackend:
         x[:] = reference.apply_rope(x, *angles, neox)
         return x
 
-    def attention(self, q, k, v, start, out, scale=0.0, window=0, softcap=0.0):
+    def attention(self, q, k, v, start, out, scale=0.0, window=0, softcap=0.0, sinks=None):
         """out = causal attention of q (n, heads, hd) over the cache k, v; scale 0: 1/sqrt(hd); window > 0:
-        sliding (each query sees its last window keys); softcap > 0: scores softcapped (Gemma 2)."""
-        out[:] = reference.attention(q, _floats(k), _floats(v), start, scale, window, softcap)
+        sliding (each query sees its last window keys); softcap > 0: scores softcapped (Gemma 2); sinks:
+        a logit per head in the softmax's denominator (gpt-oss)."""
+        out[:] = reference.attention(q, _floats(k), _floats(v), start, scale, window, softcap, sinks)
         return out
 
     def swiglu(self, gate, up, out):
@@ -154,9 +155,12 @@ class NumbaBackend(NumpyBackend):
     def store_kv(self, dst, values):
         self.ops.store_as_half(dst, values)
 
-    def attention(self, q, k, v, start, out, scale=0.0, window=0, softcap=0.0):
+    def attention(self, q, k, v, start, out, scale=0.0, window=0, softcap=0.0, sinks=None):
         n = q.shape[0]
-        blocked = n >= self.ops.QUERY_BLOCK and q.shape[2] % 8 == 0 and softcap == 0.0   # a prompt: 16 at a time
+        blocked = n >= self.ops.QUERY_BLOCK and q.shape[2] % 8 == 0 and softcap == 0.0 and sinks is None
+        if sinks is not None:
+            self.ops.attention(q, k, v, start, self._scores, out, float(scale), int(window), float(softcap), sinks)
+            return out
         if blocked and (window == 0 or start + n <= window):           # (where no window cuts a key off)
             if k.dtype == np.uint16:  # the cache's halves as floats once, not at every use
                 k, v = self._as_floats(k, 0), self._as_floats(v, 1)

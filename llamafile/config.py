@@ -33,6 +33,9 @@ class ModelConfig:
     final_softcap: float = 0.0   # {arch}.final_logit_softcapping: logits = cap * tanh(logits / cap) (0: none)
     logit_scale: float = 0.0     # {arch}.logit_scale: logits /= logit_scale (granite; 0: none)
     residual_scale: float = 0.0  # {arch}.residual_scale: a block half's output *= it before the add (granite)
+    n_expert: int = 0            # {arch}.expert_count: experts per mixture-of-experts FFN (0: dense)
+    n_expert_used: int = 0       # {arch}.expert_used_count: experts each token runs through
+    n_ff_exp: int = 0            # an expert's FFN width (qwen3moe: expert_feed_forward_length; else n_ff)
     use_rope: bool = True        # False: no layer rotates (granite without rope.scaling.finetuned)
 
     @classmethod
@@ -67,6 +70,8 @@ class ModelConfig:
             n_ctx_train=int(key("context_length")),
             n_vocab=len(gguf.require("tokenizer.ggml.tokens")),
             rope_scale=_rope_scale(gguf, arch),
+            n_expert=int(gguf.get(f"{arch}.expert_count", 0) or 0),
+            n_expert_used=int(gguf.get(f"{arch}.expert_used_count", 0) or 0),
         )
         config.check(gguf.path)
         return config

@@ -34,8 +34,8 @@ NOP = 0                                # padding: layers with fewer steps
 NORM, MATMUL, ROPE, STORE_KV, ATTENTION, ADD, SWIGLU, GEGLU, SCALE, LAYERNORM, COPY, GELU = range(1, 13)
 OPS = {"norm": NORM, "matmul": MATMUL, "rope": ROPE, "store_kv": STORE_KV, "attention": ATTENTION, "add": ADD,
        "swiglu": SWIGLU, "geglu": GEGLU, "scale": SCALE, "layernorm": LAYERNORM, "copy": COPY, "gelu": GELU}
-OP, SRC, DST, OTHER, VEC, ROWS, MAT, BIAS, QFIRST, QLAST, FORMS, TABLE, WINDOW, OFFSET = range(14)
-COLUMNS = 14
+OP, SRC, DST, OTHER, VEC, ROWS, MAT, BIAS, QFIRST, QLAST, FORMS, TABLE, WINDOW, OFFSET, SINKS = range(15)
+COLUMNS = 15
 
 
 @njit(cache=True, inline="always")
@@ -106,9 +106,13 @@ def _decoder(mask: int):
                     store_as_half(cache_v[l, pos : pos + 1], v.reshape(1, v.shape[1] // head_dim, head_dim))
                 elif op == ATTENTION:
                     q, out = buffers[st[SRC]], buffers[st[DST]]
-                    attention(q.reshape(1, q.shape[1] // head_dim, head_dim), cache_k[l, : pos + 1],
-                              cache_v[l, : pos + 1], pos, scores, out.reshape(1, out.shape[1] // head_dim, head_dim),
-                              factors[l, i, 0], st[WINDOW], factors[l, i, 1])
+                    q3, out3 = q.reshape(1, q.shape[1] // head_dim, head_dim), out.reshape(1, out.shape[1] // head_dim, head_dim)
+                    if st[SINKS] >= 0:
+                        attention(q3, cache_k[l, : pos + 1], cache_v[l, : pos + 1], pos, scores, out3, factors[l, i, 0],
+                                  st[WINDOW], factors[l, i, 1], vectors[st[SINKS] : st[SINKS] + q3.shape[1]])
+                    else:
+                        attention(q3, cache_k[l, : pos + 1], cache_v[l, : pos + 1], pos, scores, out3, factors[l, i, 0],
+                                  st[WINDOW], factors[l, i, 1])
                 elif op == ADD:
                     dst = buffers[st[DST]]
                     dst += buffers[st[OTHER]]
@@ -161,6 +165,8 @@ class FusedDecoder:
     @classmethod
     def build(cls, net, gguf) -> "FusedDecoder | None":
         """None when some block matrix has no kernel (a float row not a multiple of 32): step by step then."""
+        if any(b.step.op == "moe" for layer in net.layers for b in layer):
+            return None  # mixtures of experts decode step by step (the experts differ per token)
         matrices = net.matrices
         if any(w.type not in SUPPORTED or w.n_per_row % max(32, block_weights(w.type)) for w in matrices):
             return None
@@ -186,8 +192,10 @@ class FusedDecoder:
             for i, b in enumerate(layer):
                 st, row = b.step, steps[l, i]
                 row[:] = (OPS[st.op], number.get(st.src, 0), number.get(st.dst, 0), number.get(st.other, 0),
-                          0, 1, 0, -1, -1, -1, 0, st.table, st.window, st.offset)
+                          0, 1, 0, -1, -1, -1, 0, st.table, st.window, st.offset, -1)
                 factors[l, i] = st.factor, st.cap
+                if st.op == "attention" and b.vector is not None:
+                    row[SINKS] = place(b.vector)
                 if st.op == "norm":
                     row[VEC] = place(b.vector)
                     row[ROWS] = net.widths[st.src] // len(b.vector)

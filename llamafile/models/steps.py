@@ -17,6 +17,10 @@ list into integer tables that one jitted call interprets for every block of a de
                                       softcap > 0: scores softcapped)
     copy(src, dst, offset)            dst = src[:, offset : offset + width(dst)]  (splitting fused projections)
     gelu(src, dst)                    dst = gelu(src)
+    moe(src, dst, experts, used, n_ff, norm_weights)
+                                      mixture of experts: softmax router (ffn_gate_inp), the top `used`
+                                      experts' SwiGLU FFNs (ffn_{gate,up,down}_exps), weighted sum
+                                      (weights renormalised over the chosen ones with norm_weights)
     add(dst, src)                     dst += src
     swiglu(gate, up, dst)             dst = silu(gate) * up
     geglu(gate, up, dst)              dst = gelu(gate) * up (tanh approximation)
@@ -41,6 +45,13 @@ class Step:
     factor: float = 0.0    # attention: score scale (0: 1/sqrt(head_dim)); scale: the factor
     cap: float = 0.0       # attention: softcap of the scores (0: none)
     offset: int = 0        # copy: the first column of src copied
+    experts: int = 0       # moe: experts in the file, used per token, their FFN width, renormalise the weights
+    used: int = 0
+    n_ff: int = 0
+    norm_weights: bool = False
+    sinks: bool = False    # attention: blk.N.attn_sinks.weight, a logit per head in the softmax's denominator
+    gating: str = "softmax"  # moe: "softmax" (of all router logits) or "softmax_weight" (of the chosen ones)
+    act: str = "silu"        # moe: "silu" (SwiGLU) or "oai" (gpt-oss's clamped SwiGLU, alpha 1.702, limit 7)
 
 
 def norm(src: str, weight: str, dst: str, per_head: bool = False) -> Step:
@@ -64,12 +75,20 @@ def store_kv(k: str, v: str) -> Step:
     return Step("store_kv", src=k, other=v)
 
 
-def attention(q: str, dst: str, window: int = 0, scale: float = 0.0, softcap: float = 0.0) -> Step:
-    return Step("attention", src=q, dst=dst, window=window, factor=scale, cap=softcap)
+def attention(q: str, dst: str, window: int = 0, scale: float = 0.0, softcap: float = 0.0,
+              sinks: bool = False) -> Step:
+    return Step("attention", src=q, dst=dst, window=window, factor=scale, cap=softcap, sinks=sinks)
 
 
 def copy(src: str, dst: str, offset: int) -> Step:
     return Step("copy", src=src, dst=dst, offset=offset)
+
+
+def moe(src: str, dst: str, experts: int, used: int, n_ff: int, norm_weights: bool, gating: str = "softmax",
+        act: str = "silu", bias: bool = False) -> Step:
+    """bias: the router and every expert matrix have biases (gpt-oss)."""
+    return Step("moe", src=src, dst=dst, experts=experts, used=used, n_ff=n_ff, norm_weights=norm_weights,
+                gating=gating, act=act, bias=bias)
 
 
 def gelu(src: str, dst: str) -> Step:
@@ -94,7 +113,7 @@ def scale(buf: str, factor: float) -> Step:
 
 def attention_block(bias_qkv: bool = False, bias_out: bool = False, qk_norm: bool | str = False, table: int = 0,
                     window: int = 0, scale: float = 0.0, rope_q_k: bool = True, softcap: float = 0.0,
-                    src: str = "h") -> list[Step]:
+                    src: str = "h", sinks: bool = False) -> list[Step]:
     """The attention half most architectures share, from src (normalised x) to proj.
     qk_norm: True (RMSNorm per head), "whole" (over all of q and k, OLMo 2)."""
     steps = [matmul("attn_q", src, "q", bias_qkv), matmul("attn_k", src, "k", bias_qkv),
@@ -104,7 +123,7 @@ def attention_block(bias_qkv: bool = False, bias_out: bool = False, qk_norm: boo
         steps += [norm("q", "attn_q_norm", "q", per_head=per_head), norm("k", "attn_k_norm", "k", per_head=per_head)]
     if rope_q_k:
         steps += [rope("q", table), rope("k", table)]
-    return steps + [store_kv("k", "v"), attention("q", "att", window, scale, softcap),
+    return steps + [store_kv("k", "v"), attention("q", "att", window, scale, softcap, sinks),
                     matmul("attn_output", "att", "proj", bias_out)]
 
 

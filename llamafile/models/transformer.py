@@ -77,6 +77,8 @@ class Bound:
     weight: Tensor | None = None      # matmul
     bias: np.ndarray | None = None    # matmul, where the file has one
     vector: np.ndarray | None = None  # norm
+    experts: list | None = None       # moe: (gate, up, down) per expert, views of the 3-D tensors
+    expert_biases: list | None = None # moe with biases: (gate, up, down) bias vectors per expert
 
 
 class Transformer:
@@ -138,6 +140,20 @@ class Transformer:
             name = f"blk.{i}.{step.weight}"
             return Bound(step, weight=weights.matrix(f"{name}.weight", (w[step.dst], w[step.src])),
                          bias=weights.vector(f"{name}.bias", w[step.dst], optional=True) if step.bias else None)
+        if step.op == "moe":
+            n_in, n_out, ff, n_exp = w[step.src], w[step.dst], step.n_ff, step.experts
+            router = weights.matrix(f"blk.{i}.ffn_gate_inp.weight", (n_exp, n_in))
+            stacks = [weights.tensor(f"blk.{i}.ffn_{kind}_exps.weight", (n_exp,) + shape)
+                      for kind, shape in (("gate", (ff, n_in)), ("up", (ff, n_in)), ("down", (n_out, ff)))]
+            bound = Bound(step, weight=router, experts=[tuple(_expert(t, e) for t in stacks) for e in range(n_exp)])
+            if step.bias:
+                bound.bias = weights.vector(f"blk.{i}.ffn_gate_inp.bias", n_exp)
+                biases = [weights.vector(f"blk.{i}.ffn_{kind}_exps.bias", n_exp * size, flat=True).reshape(n_exp, size)
+                          for kind, size in (("gate", ff), ("up", ff), ("down", n_out))]
+                bound.expert_biases = [tuple(b[e] for b in biases) for e in range(n_exp)]
+            return bound
+        if step.op == "attention" and step.sinks:
+            return Bound(step, vector=weights.vector(f"blk.{i}.attn_sinks.weight", self.config.n_head))
         if step.op == "norm":
             size = self.config.head_dim if step.per_head else w[step.src]
             return Bound(step, vector=weights.vector(f"blk.{i}.{step.weight}.weight", size))
@@ -151,8 +167,9 @@ class Transformer:
 
     @property
     def matrices(self) -> list[Tensor]:
-        """Every block matrix, layer by layer in step order."""
-        return [b.weight for layer in self.layers for b in layer if b.weight is not None]
+        """Every block matrix, layer by layer in step order (a mixture's: its router, then every expert's)."""
+        return [w for layer in self.layers for b in layer
+                for w in ([b.weight] if b.weight is not None else []) + [m for e in b.experts or () for m in e]]
 
     def forward(self, tokens: np.ndarray, cache: KVCache, state: RunState, all_logits: bool = False) -> np.ndarray:
         """Evaluate tokens at positions cache.n_past.. and append their keys and values.
@@ -238,12 +255,16 @@ class Transformer:
                 ops.store_kv(cache.v[layer, start : start + n], buf[st.other].reshape(n, -1, hd))
             elif op == "attention":
                 ops.attention(buf[st.src].reshape(n, -1, hd), cache.k[layer, : start + n], cache.v[layer, : start + n],
-                              start, buf[st.dst].reshape(n, -1, hd), st.factor, st.window, st.cap)
+                              start, buf[st.dst].reshape(n, -1, hd), st.factor, st.window, st.cap,
+                              *((b.vector,) if st.sinks else ()))
             elif op == "copy":
                 dst = buf[st.dst]
                 dst[:] = buf[st.src][:, st.offset : st.offset + dst.shape[1]]
             elif op == "gelu":
                 ops.gelu(buf[st.src], buf[st.dst])
+            elif op == "moe":
+                self._moe(b, buf[st.src], buf[st.dst])
+                prepared.clear()  # its matmuls used the backend's 8-bit scratch
             elif op == "add":
                 buf[st.dst] += buf[st.other]
             elif op == "swiglu":
@@ -255,6 +276,45 @@ class Transformer:
             else:
                 raise ValueError(f"unknown step {op!r}")
             prepared.pop(st.dst, None)  # written: a prepared form of it is stale
+
+    def _moe(self, b: Bound, x: np.ndarray, out: np.ndarray) -> None:
+        """out (n, n_out) = sum over each token's chosen experts of weight * expert(x); only those experts' rows are read."""
+        st, ops = b.step, self.backend
+        n = len(x)
+        logits = ops.matmul(b.weight, x, np.empty((n, st.experts), np.float32))
+        if b.bias is not None:
+            logits += b.bias
+        if st.gating == "softmax":                                                         # ggml_soft_max, then top-k
+            probs = _softmax(logits)
+            chosen = np.argsort(-probs, axis=1, kind="stable")[:, : st.used]               # (n, used)
+            weights = np.take_along_axis(probs, chosen, axis=1)
+        else:                                                                              # top-k logits, their softmax
+            chosen = np.argsort(-logits, axis=1, kind="stable")[:, : st.used]
+            weights = _softmax(np.take_along_axis(logits, chosen, axis=1))
+        if st.norm_weights:
+            weights = weights / np.maximum(weights.sum(axis=1, keepdims=True), np.float32(6.103515625e-5))
+        out[:] = 0.0
+        for e, (gate, up, down) in enumerate(b.experts):
+            rows, slot = np.nonzero(chosen == e)
+            if len(rows) == 0:
+                continue
+            xe = np.ascontiguousarray(x[rows])
+            prepared = ops.prepare(xe)
+            g = ops.matmul(gate, prepared, np.empty((len(rows), st.n_ff), np.float32))
+            u = ops.matmul(up, prepared, np.empty((len(rows), st.n_ff), np.float32))
+            if b.expert_biases is not None:
+                g += b.expert_biases[e][0]
+                u += b.expert_biases[e][1]
+            if st.act == "oai":   # gpt-oss: x = min(gate, 7), y = clamp(up, -7, 7), x * sigmoid(1.702 x) * (y + 1)
+                gx = np.minimum(g, np.float32(7.0))
+                f = (gx / (np.float32(1.0) + np.exp(np.float32(-1.702) * gx))
+                     * (np.clip(u, np.float32(-7.0), np.float32(7.0)) + np.float32(1.0))).astype(np.float32)
+            else:
+                f = ops.swiglu(g, u, np.empty_like(g))
+            d = ops.matmul(down, f, np.empty((len(rows), out.shape[1]), np.float32))
+            if b.expert_biases is not None:
+                d += b.expert_biases[e][2]
+            out[rows] += weights[rows, slot][:, None] * d
 
     def _logits(self, x, h, logits_for, out):
         if logits_for is None:
@@ -284,6 +344,19 @@ class Transformer:
         return self._logits(x, s.buffers["h"][:1], logits_for, out)
 
 
+def _softmax(z: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of (n, m) float32, in float32."""
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def _expert(t: Tensor, e: int) -> Tensor:
+    """Expert e's matrix of a stacked (n_expert, rows, n_per_row) tensor, a view of the mapped file."""
+    rows = t.shape[1]
+    data = t.data[e * rows : (e + 1) * rows]
+    return Tensor(f"{t.name}[{e}]", t.type, t.shape[1:], t.offset + e * data.nbytes, data.nbytes, data)
+
+
 class _TensorLoader:
     """Looks tensors up by name, checks their shapes and types, and that the model uses every one:
     any tensor left unread fails the load, naming it (a file with a tensor we ignore would give
@@ -307,6 +380,12 @@ class _TensorLoader:
             more = f" and {len(unused) - 1} more" if len(unused) > 1 else ""
             raise GGUFError(f"{self.gguf.path}: tensor '{unused[0]}'{more} is not used by the "
                             f"{self.gguf.get('general.architecture')} architecture (an unsupported variant?)")
+
+    def tensor(self, name: str, shape: tuple[int, ...]) -> Tensor:
+        t = self._get(name)
+        if tuple(t.shape) != shape:
+            raise GGUFError(f"{self.gguf.path}: tensor '{name}' has shape {tuple(t.shape)}, expected {shape}")
+        return t
 
     def matrix(self, name: str, shape: tuple[int, int]) -> Tensor:
         t = self._get(name)
