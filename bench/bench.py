@@ -66,7 +66,7 @@ def _timed(fn) -> float:
 def weight_bytes_per_token(model) -> int:
     """Bytes of the matrices one decoded token reads: every block matrix and the output."""
     net = model.net
-    total = sum(t.nbytes for b in net.blocks for t in (b.wq, b.wk, b.wv, b.wo, b.gate, b.up, b.down))
+    total = sum(t.nbytes for t in net.matrices)
     return total + net.output.nbytes
 
 

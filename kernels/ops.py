@@ -108,35 +108,46 @@ def rope(x, cos, sin, neox):
 
 
 @njit(cache=True, parallel=True, fastmath=True, error_model="numpy")
-def attention(q, k, v, start, scores, out):
+def attention(q, k, v, start, scores, out, scale=0.0, window=0, softcap=0.0, sinks=None):
     """Causal grouped-query attention over the KV cache.
 
     q: (n, heads, hd) at positions start..start+n-1; k, v: (>= start+n, kv_heads, hd), float32 or
     uint16 halves (the cache); scores: scratch (heads, >= start+n); out: (n, heads, hd). One
-    thread per head.
+    thread per head. scale: of the scores (0: 1/sqrt(hd)); window > 0: a query at position i sees
+    only keys i - window + 1 .. i (sliding-window layers, llama.cpp's LLAMA_SWA_TYPE_STANDARD);
+    softcap > 0: scores become softcap * tanh(score / softcap) (Gemma 2); sinks (heads,): a logit per head
+    that joins the softmax's denominator only (gpt-oss's attention sinks).
     """
     n, heads, hd = q.shape
     group = heads // k.shape[1]
-    scale = np.float32(1.0 / np.sqrt(hd))
+    scale = np.float32(1.0 / np.sqrt(hd)) if scale == 0.0 else np.float32(scale)
+    cap = np.float32(softcap)
+    inv_cap = np.float32(1.0) / cap if softcap > 0.0 else np.float32(0.0)
     for h in prange(heads):
         kvh = h // group
         s = scores[h]
         for t in range(n):
             length = start + t + 1
+            first = max(0, length - window) if window > 0 else 0
             top = np.float32(-np.inf)
-            for p in range(length):
+            for p in range(first, length):
                 dot = np.float32(0.0)
                 for j in range(hd):
                     dot += q[t, h, j] * simd.as_float(k[p, kvh, j])
                 s[p] = dot * scale
+                if softcap > 0.0:
+                    s[p] = cap * np.tanh(s[p] * inv_cap)
                 top = max(top, s[p])
             total = np.float32(0.0)
-            for p in range(length):
+            if sinks is not None:
+                top = max(top, sinks[h])
+                total = exp(sinks[h] - top)
+            for p in range(first, length):
                 s[p] = exp(s[p] - top)
                 total += s[p]
             for j in range(hd):
                 out[t, h, j] = 0.0
-            for p in range(length):
+            for p in range(first, length):
                 w = s[p] / total
                 for j in range(hd):
                     out[t, h, j] += w * simd.as_float(v[p, kvh, j])
@@ -152,28 +163,28 @@ def attention_scratch(threads: int, n_ctx: int, head_dim: int) -> np.ndarray:
 
 
 @njit(cache=True, parallel=True)
-def attention_blocked(q, k, v, start, scratch, out):
+def attention_blocked(q, k, v, start, scratch, out, scale=0.0):
     """attention() for a prompt: the same definition, computed 16 queries at a time.
 
     A work item is (head, block of 16 queries). Its scores are kept transposed, (keys, 16), so
     every step is a vector operation across the block's queries with no horizontal sums:
     simd.rows_scores (eight keys per loaded row of queries), simd.rows_softmax down the
     columns, simd.rows_weighted_sum (eight output rows in registers). head_dim: a multiple of 8.
-    scratch: attention_scratch(threads, >= start+n, hd).
+    scratch: attention_scratch(threads, >= start+n, hd). scale: as attention's (no sliding window here).
     """
     n, heads, hd = q.shape
+    scale = np.float32(1.0 / np.sqrt(hd)) if scale == 0.0 else np.float32(scale)
     blocks = (n + QUERY_BLOCK - 1) // QUERY_BLOCK
     for item in prange(heads * blocks):
         _attention_block(q, k, v, start, item // blocks, item % blocks * QUERY_BLOCK,
-                         scratch[numba.get_thread_id()], out)
+                         scratch[numba.get_thread_id()], out, scale)
 
 
 @njit(cache=True, error_model="numpy")
-def _attention_block(q, k, v, start, h, t0, mine, out):
+def _attention_block(q, k, v, start, h, t0, mine, out, scale):
     """Queries t0..t0+15 of head h (fewer at the end); mine: this thread's scratch."""
     n, heads, hd = q.shape
     kvh = h // (heads // k.shape[1])
-    scale = np.float32(1.0 / np.sqrt(hd))
     n_ctx = mine.shape[0] - 2 * hd - 1
     s, qt, ot = mine[:n_ctx], mine[n_ctx : n_ctx + hd], mine[n_ctx + hd : n_ctx + 2 * hd]  # (keys | hd | hd, 16)
     total = mine[n_ctx + 2 * hd]                                                            # (16,)
@@ -203,3 +214,46 @@ def swiglu(gate, up, out):
         for j in range(m):
             g = gate[t, j]
             out[t, j] = g / (np.float32(1.0) + exp(-g)) * up[t, j]
+
+
+GELU_C = math.sqrt(2.0 / math.pi)
+
+
+@_rowwise()
+def geglu(gate, up, out):
+    """out = gelu(gate) * up, all (n, n_ff); gelu with llama.cpp's tanh approximation."""
+    n, m = gate.shape
+    c, a = np.float32(GELU_C), np.float32(0.044715)
+    for t in prange(n):
+        for j in range(m):
+            g = gate[t, j]
+            out[t, j] = np.float32(0.5) * g * (np.float32(1.0) + np.tanh(c * g * (np.float32(1.0) + a * g * g))) * up[t, j]
+
+
+@_rowwise()
+def gelu(x, out):
+    """out = gelu(x), (n, m); the tanh approximation, as geglu's."""
+    n, m = x.shape
+    c, a = np.float32(GELU_C), np.float32(0.044715)
+    for t in prange(n):
+        for j in range(m):
+            g = x[t, j]
+            out[t, j] = np.float32(0.5) * g * (np.float32(1.0) + np.tanh(c * g * (np.float32(1.0) + a * g * g)))
+
+
+@_rowwise()
+def layernorm(x, weight, bias, eps, out):
+    """x: (n, dim) -> out (n, dim) = (x - mean) / sqrt(var + eps) * weight + bias (bias: zeros for none)."""
+    n, dim = x.shape
+    for t in prange(n):
+        total = np.float32(0.0)
+        for j in range(dim):
+            total += x[t, j]
+        mean = total / np.float32(dim)
+        ss = np.float32(0.0)
+        for j in range(dim):
+            d = x[t, j] - mean
+            ss += d * d
+        scale = np.float32(1.0) / np.sqrt(ss / np.float32(dim) + np.float32(eps))
+        for j in range(dim):
+            out[t, j] = (x[t, j] - mean) * scale * weight[j] + bias[j]

@@ -56,12 +56,15 @@ def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
     return e / np.sum(e, axis=axis, keepdims=True)
 
 
-def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, start: int) -> np.ndarray:
+def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, start: int, scale: float = 0.0,
+              window: int = 0, softcap: float = 0.0, sinks=None) -> np.ndarray:
     """Causal grouped-query attention over a KV cache.
 
     q: (n, n_heads, head_dim) for positions start..start+n-1
     k, v: (start + n, n_kv_heads, head_dim), the cache up to and including those positions
     -> (n, n_heads, head_dim). Query head h reads kv head h // (n_heads / n_kv_heads).
+    scale: of the scores q.k (0: 1/sqrt(head_dim)); window > 0: the query at position i sees keys
+    i - window + 1 .. i only (a sliding-window layer); softcap > 0: scores -> softcap * tanh(scores / softcap).
     """
     n, n_heads, head_dim = q.shape
     total, n_kv_heads, _ = k.shape
@@ -69,10 +72,21 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, start: int) -> np.nda
     qh = q.reshape(n, n_kv_heads, group, head_dim).transpose(1, 2, 0, 3)            # (kv, group, n, hd)
     kh = k.astype(np.float32).transpose(1, 2, 0)                                    # (kv, hd, total)
     vh = v.astype(np.float32).transpose(1, 0, 2)                                    # (kv, total, hd)
-    scores = (qh @ kh[:, None]) / np.float32(np.sqrt(head_dim))                     # (kv, group, n, total)
+    scores = qh @ kh[:, None]                                                       # (kv, group, n, total)
+    scores = scores * np.float32(scale) if scale else scores / np.float32(np.sqrt(head_dim))
+    if softcap:
+        scores = np.float32(softcap) * np.tanh(scores / np.float32(softcap))
     future = np.arange(total)[None, :] > (start + np.arange(n))[:, None]            # (n, total)
+    if window > 0:
+        future |= (start + np.arange(n))[:, None] - np.arange(total)[None, :] >= window
     scores[..., future] = -np.inf
-    out = softmax(scores) @ vh[:, None]                                             # (kv, group, n, hd)
+    if sinks is None:
+        out = softmax(scores) @ vh[:, None]                                         # (kv, group, n, hd)
+    else:  # a per-head logit in the denominator only
+        sink = np.asarray(sinks, np.float32).reshape(n_kv_heads, group, 1, 1)
+        top = np.maximum(scores.max(axis=-1, keepdims=True), sink)
+        e = np.exp(scores - top)
+        out = (e / (e.sum(axis=-1, keepdims=True) + np.exp(sink - top))) @ vh[:, None]
     return out.transpose(2, 0, 1, 3).reshape(n, n_heads, head_dim).astype(np.float32)
 
 
@@ -83,3 +97,21 @@ def silu(x: np.ndarray) -> np.ndarray:
 def swiglu(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
     """gate, up: (n, n_ff) -> silu(gate) * up."""
     return (silu(gate) * up).astype(np.float32)
+
+
+def gelu(x: np.ndarray) -> np.ndarray:
+    """GELU, tanh approximation (llama.cpp's ggml_gelu)."""
+    return 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * x * (1.0 + 0.044715 * x * x)))
+
+
+def geglu(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
+    """gate, up: (n, n_ff) -> gelu(gate) * up."""
+    return (gelu(gate) * up).astype(np.float32)
+
+
+def layernorm(x: np.ndarray, weight: np.ndarray, bias, eps: float) -> np.ndarray:
+    """x: (n, dim) -> (x - mean) / sqrt(var + eps) * weight (+ bias)."""
+    x = x.astype(np.float32)
+    centred = x - x.mean(axis=-1, keepdims=True)
+    out = centred / np.sqrt(np.mean(centred * centred, axis=-1, keepdims=True) + np.float32(eps)) * weight
+    return (out + bias if bias is not None else out).astype(np.float32)

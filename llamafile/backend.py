@@ -43,8 +43,9 @@ class NumpyBackend:
     def allocate(self, n_batch: int, n_heads: int, n_ctx: int, rope_dim: int) -> None:
         """Scratch sized by the model and context, once (the reference needs none)."""
 
-    def rope_angles(self, positions, rope_dim, base, factors=None):
-        """cos, sin (n, rope_dim/2) for these positions (factors: rope_freqs): computed once per forward pass."""
+    def rope_angles(self, positions, rope_dim, base, factors=None, table=0):
+        """cos, sin (n, rope_dim/2) for these positions (factors: rope_freqs): computed once per forward pass.
+        table: 0 or 1, two sets that coexist (a model whose sliding-window layers have their own base)."""
         return reference.rope_angles(positions, rope_dim, base, factors)
 
     def store_kv(self, dst, values):
@@ -56,12 +57,27 @@ class NumpyBackend:
         x[:] = reference.apply_rope(x, *angles, neox)
         return x
 
-    def attention(self, q, k, v, start, out):
-        out[:] = reference.attention(q, _floats(k), _floats(v), start)
+    def attention(self, q, k, v, start, out, scale=0.0, window=0, softcap=0.0, sinks=None):
+        """out = causal attention of q (n, heads, hd) over the cache k, v; scale 0: 1/sqrt(hd); window > 0:
+        sliding (each query sees its last window keys); softcap > 0: scores softcapped (Gemma 2); sinks:
+        a logit per head in the softmax's denominator (gpt-oss)."""
+        out[:] = reference.attention(q, _floats(k), _floats(v), start, scale, window, softcap, sinks)
         return out
 
     def swiglu(self, gate, up, out):
         out[:] = reference.swiglu(gate, up)
+        return out
+
+    def geglu(self, gate, up, out):
+        out[:] = reference.geglu(gate, up)
+        return out
+
+    def layernorm(self, x, weight, bias, eps, out):
+        out[:] = reference.layernorm(x, weight, bias, eps)
+        return out
+
+    def gelu(self, x, out):
+        out[:] = reference.gelu(x).astype(np.float32)
         return out
 
 
@@ -124,9 +140,9 @@ class NumbaBackend(NumpyBackend):
         self.ops.rmsnorm(x, weight, np.float32(eps), out)
         return out
 
-    def rope_angles(self, positions, rope_dim, base, factors=None):
+    def rope_angles(self, positions, rope_dim, base, factors=None, table=0):
         n = len(positions)
-        cos, sin = self._rope_cos[:n], self._rope_sin[:n]
+        cos, sin = self._rope_cos[table, :n], self._rope_sin[table, :n]
         if factors is None:
             factors = self._no_factors[: rope_dim // 2]
         self.ops.rope_tables(positions.astype(np.float64), rope_dim, float(base), factors, cos, sin)
@@ -139,17 +155,34 @@ class NumbaBackend(NumpyBackend):
     def store_kv(self, dst, values):
         self.ops.store_as_half(dst, values)
 
-    def attention(self, q, k, v, start, out):
-        if q.shape[0] >= self.ops.QUERY_BLOCK and q.shape[2] % 8 == 0:  # a prompt: 16 queries at a time
+    def attention(self, q, k, v, start, out, scale=0.0, window=0, softcap=0.0, sinks=None):
+        n = q.shape[0]
+        blocked = n >= self.ops.QUERY_BLOCK and q.shape[2] % 8 == 0 and softcap == 0.0 and sinks is None
+        if sinks is not None:
+            self.ops.attention(q, k, v, start, self._scores, out, float(scale), int(window), float(softcap), sinks)
+            return out
+        if blocked and (window == 0 or start + n <= window):           # (where no window cuts a key off)
             if k.dtype == np.uint16:  # the cache's halves as floats once, not at every use
                 k, v = self._as_floats(k, 0), self._as_floats(v, 1)
-            self.ops.attention_blocked(q, k, v, start, self._blocked_scratch(q.shape[2]), out)
+            self.ops.attention_blocked(q, k, v, start, self._blocked_scratch(q.shape[2]), out, float(scale))
         else:
-            self.ops.attention(q, k, v, start, self._scores, out)
+            self.ops.attention(q, k, v, start, self._scores, out, float(scale), int(window), float(softcap))
         return out
 
     def swiglu(self, gate, up, out):
         self.ops.swiglu(gate, up, out)
+        return out
+
+    def geglu(self, gate, up, out):
+        self.ops.geglu(gate, up, out)
+        return out
+
+    def layernorm(self, x, weight, bias, eps, out):
+        self.ops.layernorm(x, weight, self._no_bias[: x.shape[1]] if bias is None else bias, np.float32(eps), out)
+        return out
+
+    def gelu(self, x, out):
+        self.ops.gelu(x, out)
         return out
 
     def allocate(self, n_batch: int, n_heads: int, n_ctx: int, rope_dim: int) -> None:
@@ -157,9 +190,10 @@ class NumbaBackend(NumpyBackend):
         self._q8 = {}                                                # (width, kind) -> Q8Activations
         self._scores = np.empty((n_heads, n_ctx), np.float32)        # (heads, n_ctx)
         self._n_ctx, self._attention_scratch, self._kv_floats = n_ctx, None, None
-        self._rope_cos = np.empty((n_batch, rope_dim // 2), np.float32)
-        self._rope_sin = np.empty((n_batch, rope_dim // 2), np.float32)
+        self._rope_cos = np.empty((2, n_batch, rope_dim // 2), np.float32)   # two tables (rope_angles)
+        self._rope_sin = np.empty((2, n_batch, rope_dim // 2), np.float32)
         self._no_factors = np.ones(rope_dim // 2, np.float32)
+        self._no_bias = np.zeros(1 << 16, np.float32)                # layernorm without a bias
 
 
     def _blocked_scratch(self, head_dim: int) -> np.ndarray:

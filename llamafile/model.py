@@ -13,7 +13,7 @@ from .config import ModelConfig
 from .errors import ContextOverflowError
 from .generate import generate
 from .models import ARCHITECTURES
-from .models.llama import KVCache, RunState
+from .models.transformer import KVCache, RunState
 from .sampling import Sampler
 from .tokenizers import for_model as tokenizer_for
 
@@ -29,14 +29,15 @@ class Model:
         if arch is None:
             raise GGUFError(f"{gguf.path}: unknown architecture '{arch_name}' "
                             f"(supported: {', '.join(sorted(ARCHITECTURES))})")
-        self.config = ModelConfig.from_gguf(gguf)
+        self.config = arch.read_config(gguf)
         self.tokenizer = tokenizer_for(gguf)
         self.backend = BACKENDS[backend]() if isinstance(backend, str) else backend
         self.net = arch(gguf, self.config, self.backend)
         self.n_ctx = min(n_ctx or DEFAULT_N_CTX, self.config.n_ctx_train)
+        self.net.set_context(self.n_ctx)
         self.cache = KVCache.allocate(self.config, self.n_ctx)
         self.tokens: list[int] = []  # the ids whose keys and values the cache holds
-        self.state = RunState(self.config, n_batch=min(N_BATCH, self.n_ctx))
+        self.state = RunState(self.config, n_batch=min(N_BATCH, self.n_ctx), buffers=self.net.widths)
         self.backend.allocate(self.state.n_batch, self.config.n_head, self.n_ctx, self.config.rope_dim)
 
     @property

@@ -18,6 +18,18 @@ from conftest import ARCHS, need_archs
 
 need_archs()
 QUANT_TYPES = ("Q4_K_M", "Q5_K_M", "Q6_K", "Q3_K_M", "Q2_K", "IQ4_XS", "IQ4_NL", "Q5_0", "Q5_1")
+# every architecture model of the archs README, in the order they are being supported
+ARCH_MODELS = ("llama-dense", "qwen2-dense", "qwen3-dense", "gemma3-dense", "phi3-dense", "mistral3-dense",
+               "smollm3-dense", "granite-dense", "gemma2-dense", "gemma-dense", "olmo2-dense", "starcoder2-dense",
+               "stablelm-dense", "phi2-dense", "glm4-dense", "exaone4-dense", "llama-moe", "qwen3moe-moe",
+               "olmoe-moe", "gpt-oss-moe")
+
+
+def supported(model: str) -> bool:
+    from llamafile.models import ARCHITECTURES
+    from weights.gguf import GGUFFile
+    arch = ARCHITECTURES.get(GGUFFile(ARCHS / "models" / f"{model}.gguf").get("general.architecture"))
+    return arch is not None and (arch.moe or not model.endswith("-moe"))
 
 
 def _q_table() -> dict[str, float]:
@@ -59,12 +71,8 @@ def q_table():
     return _q_table()
 
 
-@pytest.mark.parametrize("qtype", QUANT_TYPES)
-def test_quantised_llama_against_llamacpp(qtype, q_table):
-    """Through the kernels at 1 and 2 threads (bit-identical), within the README's bounds."""
-    name = f"llama-{qtype}"
-    recs, f32 = records(name), records("llama-dense-f32")
-    m = load(name)
+def logprobs_at_1_and_2_threads(m, recs) -> list[np.ndarray]:
+    """Through the kernels at 1 and 2 threads, which must agree bit for bit; the 1-thread result."""
     results = []
     for threads in (1, 2):
         numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
@@ -72,14 +80,52 @@ def test_quantised_llama_against_llamacpp(qtype, q_table):
     numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
     for a, b in zip(*results):
         np.testing.assert_array_equal(a, b)
-    ours, Q = results[0], q_table[name]
+    return results[0]
+
+
+def greedy_cut(rec: dict, tau: float = 0.05) -> int:
+    return next((k for k, margin in enumerate(rec["margins"]) if margin < tau), len(rec["gen"]))
+
+
+@pytest.mark.parametrize("model", ARCH_MODELS)
+def test_architecture_against_llamacpp(model):
+    """Each architecture's random model: NMSE <= 1e-4 over all positions at 1 and 2 threads (bit-identical),
+    greedy ids as llama.cpp's up to its first margin < 0.05, and the ids decoded one by one within the bound."""
+    if not supported(model):
+        pytest.skip(f"{model}: architecture not supported yet")
+    recs = records(model)
+    m = load(model)
+    ours = logprobs_at_1_and_2_threads(m, recs)
+    error = nmse(ours, [np.array(r["logprobs"]) for r in recs])
+    assert error <= 1e-4, f"{model}: NMSE {error:.2e} against llama.cpp"
+    for rec in recs:
+        cut = greedy_cut(rec)
+        got = list(m.generate(rec["ids"], max_tokens=max(cut, 1), temperature=0.0))
+        assert got[:cut] == rec["gen"][:cut], f"{model}: greedy ids differ within the first {cut}"
+    rec = recs[2]
+    m.reset()
+    m.eval(rec["ids"][:1])
+    steps = [log_softmax(m.eval([t]).copy()[None])[0] for t in rec["ids"][1:]]
+    one_by_one = nmse([np.stack(steps)], [np.array(rec["logprobs"][1:])])
+    assert one_by_one <= 1e-4, f"{model}: decoding one by one NMSE {one_by_one:.2e}"
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen3"])
+@pytest.mark.parametrize("qtype", QUANT_TYPES)
+def test_quantised_against_llamacpp(family, qtype, q_table):
+    """Through the kernels at 1 and 2 threads (bit-identical), within the README's bounds."""
+    name = f"{family}-{qtype}"
+    recs, f32 = records(name), records(f"{family}-dense-f32")
+    m = load(name)
+    ours, Q = logprobs_at_1_and_2_threads(m, recs), q_table[name]
     same = nmse(ours, [np.array(r["logprobs"]) for r in recs])
     vs_f32 = nmse(ours, [np.array(r["logprobs"]) for r in f32])
     assert same <= max(1e-4, 0.2 * Q), f"{name}: NMSE {same:.2e} against llama.cpp on the same file"
     assert vs_f32 <= 1.25 * Q, f"{name}: NMSE {vs_f32:.2e} against llama.cpp's F32 model (Q = {Q:.2e})"
 
 
-@pytest.mark.parametrize("model", ["llama-dense-f32", "llama-dense", "llama-Q4_K_M", "llama-Q6_K"])
+@pytest.mark.parametrize("model", ["llama-dense-f32", "llama-dense", "llama-Q4_K_M", "llama-Q6_K", "qwen3-dense-f32",
+                                   "qwen3-Q4_K_M"])
 def test_greedy_and_decoding_one_by_one(model):
     """Greedy ids as llama.cpp's up to its first small margin; decoding the ids one at a time stays in bound."""
     m = load(model)

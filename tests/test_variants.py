@@ -15,7 +15,8 @@ from refcheck import compare, greedy_prefix_ok, summarise
 
 FLOAT_FILES = ["smollm2-f32", "smollm2-f16", "smollm2-bf16"]
 QUANT_FILES = ["smollm2", "smollm2-q8_0", "smollm2-q4_0"]
-OTHER_FILES = ["qwen05"]  # qwen2, Q4_K_M: Q5_0, Q8_0, Q6_K and Q4_K matrices; no f32 reference
+OTHER_FILES = ["qwen05",   # qwen2, Q4_K_M: Q5_0, Q8_0, Q6_K and Q4_K matrices; no f32 reference
+               "gemma3"]   # gemma3 270M, Q4_K_M; SentencePiece (ids from the reference), sliding-window layers
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +78,7 @@ def test_quantised_files_as_accurate_as_llamacpp(logits_by_threads, name):
     assert top1 >= ref_top1 - 0.01, f"top-1 {top1:.2%} vs llama.cpp's {ref_top1:.2%}"
 
 
-@pytest.mark.parametrize("name,tau", [("smollm2-q8_0", 0.5), ("smollm2-f16", 0.05), ("qwen05", 0.5)])
+@pytest.mark.parametrize("name,tau", [("smollm2-q8_0", 0.5), ("smollm2-f16", 0.05), ("qwen05", 0.5), ("gemma3", 0.5)])
 def test_greedy_continuations(name, tau):
     model = loaded_model(name)
     for record in read_jsonl(f"gen_{name}.jsonl"):

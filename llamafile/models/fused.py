@@ -1,10 +1,14 @@
-"""Decoding one token through every llama block in a single Numba call.
+"""Decoding one token through every block in a single Numba call, from the architecture's own steps.
 
 Decoding is one token at a time, and going through Python for each step of each block
 (norm, quantise, seven matmuls, rope, attention, swiglu: ~20 calls per block) costs more than
 the arithmetic for a small model. Here the block loop runs inside one jitted function that
-calls the same kernels the batch path uses, in the same order on the same inputs, so its
-logits are bit for bit those of the step-by-step path (tests/test_model.py checks).
+interprets the architecture's step list (llamafile.models.steps), turned into integer tables:
+one row per step (opcode and operands: buffer numbers, offsets of norm weights and biases in one
+float32 array, the matrix's column in the plan). It calls the same kernels the batch path uses,
+in the same order on the same inputs, so its logits are bit for bit those of the step-by-step
+path (tests/test_model.py checks). Nothing is allocated per token: the buffers are the run
+state's first rows, handed over as one tuple.
 
 The weights stay where they are: the function gets the file's whole mapped byte array and,
 per block and matrix, the offset, shape and GGML type of the weight's bytes in it.
@@ -18,14 +22,20 @@ from numba import njit
 
 from kernels.matmul import (SUPPORTED, activations, block_weights, matvec, quantize_q8_k_serial, quantize_q8_serial,
                             types_mask)
-from kernels.ops import attention, rmsnorm, rope, store_as_half, swiglu
+from kernels.ops import attention, geglu, gelu, layernorm, rmsnorm, rope, store_as_half, swiglu
 
-rmsnorm_serial, rope_serial, swiglu_serial = rmsnorm.serial, rope.serial, swiglu.serial
-
-MATRICES = ("wq", "wk", "wv", "wo", "gate", "up", "down")  # the order of the per-block tables
-
+rmsnorm_serial, rope_serial, swiglu_serial, geglu_serial = rmsnorm.serial, rope.serial, swiglu.serial, geglu.serial
+layernorm_serial, gelu_serial = layernorm.serial, gelu.serial
 
 KINDS = {None: 0, "q8_0": 1, "q8_k": 2}  # the activations a matrix multiplies: float, or kernels.matmul.QUANTIZE
+
+# opcodes (a step's op) and the columns of a step's row in the table
+NOP = 0                                # padding: layers with fewer steps
+NORM, MATMUL, ROPE, STORE_KV, ATTENTION, ADD, SWIGLU, GEGLU, SCALE, LAYERNORM, COPY, GELU = range(1, 13)
+OPS = {"norm": NORM, "matmul": MATMUL, "rope": ROPE, "store_kv": STORE_KV, "attention": ATTENTION, "add": ADD,
+       "swiglu": SWIGLU, "geglu": GEGLU, "scale": SCALE, "layernorm": LAYERNORM, "copy": COPY, "gelu": GELU}
+OP, SRC, DST, OTHER, VEC, ROWS, MAT, BIAS, QFIRST, QLAST, FORMS, TABLE, WINDOW, OFFSET, SINKS = range(15)
+COLUMNS = 15
 
 
 @njit(cache=True, inline="always")
@@ -56,91 +66,174 @@ def _decoder(mask: int):
     only those formats' kernels are compiled into it. A closure over an int, so Numba caches it per mask."""
 
     @njit(cache=True)
-    def decode_blocks(x, data, plan, attn_norm, ffn_norm, bias, has_bias, cache_k, cache_v, pos, cos, sin, neox,
-                      eps, buffers, q8):
-        """Run one token (x: (1, n_embd), updated in place) through every block at position pos.
+    def decode_blocks(data, plan, steps, factors, vectors, buffers, forms, cache_k, cache_v, pos, cos, sin, neox,
+                      eps, eps_ln, head_dim, scores):
+        """Run one token (buffers[0]: x, (1, n_embd), updated in place) through every block at position pos.
 
-        plan: (offsets, rows, row_bytes, types, activation kinds), each (n_layer, 7) in MATRICES order;
-        bias: (bq, bk, bv) each (n_layer, dim); cache_k, cache_v: (n_layer, n_ctx, n_head_kv, head_dim), uint16 halves.
+        plan: (offsets, rows, row_bytes, types, activation kinds), each (n_layer, matrices);
+        steps: (n_layer, n_steps, COLUMNS) int64; factors: (n_layer, n_steps, 2) float64 (attention: scale and
+        softcap; scale: the factor);
+        vectors: every norm weight and bias, float32; buffers: the (1, width) activations by number;
+        forms: per matmul input, its (q8_0, q8_k) scratch; cos, sin: (tables, 1, rope_dim/2);
+        cache_k, cache_v: (n_layer, n_ctx, n_head_kv, head_dim), uint16 halves.
         """
-        h, q, k, v, att, proj, gate, up, ffn, scores = buffers
-        e8, a8, f8 = q8     # 8-bit forms (q8_0, q8_k) of activations of width n_embd, q_dim, n_ff
-        q2, k2, v2 = q.reshape(1, -1), k.reshape(1, -1), v.reshape(1, -1)          # (1, heads * head_dim)
-        att3 = att.reshape(q.shape)                                                # (1, n_head, head_dim)
-
-        def project(l, j, x_in, forms, out):  # out (1, rows) = W x_in for matrix j of block l
-            w, fmt, kind = _weight(data, plan, l, j)
-            x8 = forms[1] if kind == 2 else forms[0]
-            matvec(mask, fmt, w, x_in, x8[0], x8[1], x8[2], x8[3], out)
-
-        for l in range(attn_norm.shape[0]):
-            rmsnorm_serial(x, attn_norm[l], eps, h)
-            _quantise(h, e8, plan, l, 0, 2)
-            project(l, 0, h, e8, q2)
-            project(l, 1, h, e8, k2)
-            project(l, 2, h, e8, v2)
-            if has_bias:
-                q2[0] += bias[0][l]
-                k2[0] += bias[1][l]
-                v2[0] += bias[2][l]
-            rope_serial(q, cos, sin, neox)
-            rope_serial(k, cos, sin, neox)
-            store_as_half(cache_k[l, pos : pos + 1], k)   # halves, as llama.cpp's cache
-            store_as_half(cache_v[l, pos : pos + 1], v)
-            attention(q, cache_k[l, : pos + 1], cache_v[l, : pos + 1], pos, scores, att3)
-            _quantise(att, a8, plan, l, 3, 3)
-            project(l, 3, att, a8, proj)
-            x += proj
-            rmsnorm_serial(x, ffn_norm[l], eps, h)
-            _quantise(h, e8, plan, l, 4, 5)
-            project(l, 4, h, e8, gate)
-            project(l, 5, h, e8, up)
-            swiglu_serial(gate, up, ffn)
-            _quantise(ffn, f8, plan, l, 6, 6)
-            project(l, 6, ffn, f8, proj)
-            x += proj
+        for l in range(steps.shape[0]):
+            for i in range(steps.shape[1]):
+                st = steps[l, i]
+                op = st[OP]
+                if op == NORM:
+                    src, dst = buffers[st[SRC]], buffers[st[DST]]
+                    rows = st[ROWS]
+                    width = src.shape[1] // rows
+                    rmsnorm_serial(src.reshape(rows, width), vectors[st[VEC] : st[VEC] + width], eps,
+                                   dst.reshape(rows, width))
+                elif op == MATMUL:
+                    src, dst = buffers[st[SRC]], buffers[st[DST]]
+                    f = forms[st[FORMS]]
+                    if st[QFIRST] >= 0:
+                        _quantise(src, f, plan, l, st[QFIRST], st[QLAST])
+                    w, fmt, kind = _weight(data, plan, l, st[MAT])
+                    x8 = f[1] if kind == 2 else f[0]
+                    matvec(mask, fmt, w, src, x8[0], x8[1], x8[2], x8[3], dst)
+                    if st[BIAS] >= 0:
+                        dst[0] += vectors[st[BIAS] : st[BIAS] + dst.shape[1]]
+                elif op == ROPE:
+                    x = buffers[st[SRC]]
+                    rope_serial(x.reshape(1, x.shape[1] // head_dim, head_dim), cos[st[TABLE]], sin[st[TABLE]], neox)
+                elif op == STORE_KV:
+                    k, v = buffers[st[SRC]], buffers[st[OTHER]]
+                    store_as_half(cache_k[l, pos : pos + 1], k.reshape(1, k.shape[1] // head_dim, head_dim))
+                    store_as_half(cache_v[l, pos : pos + 1], v.reshape(1, v.shape[1] // head_dim, head_dim))
+                elif op == ATTENTION:
+                    q, out = buffers[st[SRC]], buffers[st[DST]]
+                    q3, out3 = q.reshape(1, q.shape[1] // head_dim, head_dim), out.reshape(1, out.shape[1] // head_dim, head_dim)
+                    if st[SINKS] >= 0:
+                        attention(q3, cache_k[l, : pos + 1], cache_v[l, : pos + 1], pos, scores, out3, factors[l, i, 0],
+                                  st[WINDOW], factors[l, i, 1], vectors[st[SINKS] : st[SINKS] + q3.shape[1]])
+                    else:
+                        attention(q3, cache_k[l, : pos + 1], cache_v[l, : pos + 1], pos, scores, out3, factors[l, i, 0],
+                                  st[WINDOW], factors[l, i, 1])
+                elif op == ADD:
+                    dst = buffers[st[DST]]
+                    dst += buffers[st[OTHER]]
+                elif op == SWIGLU:
+                    swiglu_serial(buffers[st[SRC]], buffers[st[OTHER]], buffers[st[DST]])
+                elif op == GEGLU:
+                    geglu_serial(buffers[st[SRC]], buffers[st[OTHER]], buffers[st[DST]])
+                elif op == SCALE:
+                    dst = buffers[st[DST]]
+                    dst *= np.float32(factors[l, i, 0])
+                elif op == LAYERNORM:
+                    src, dst = buffers[st[SRC]], buffers[st[DST]]
+                    rows = st[ROWS]
+                    if rows == 1:
+                        width = src.shape[1]
+                        layernorm_serial(src, vectors[st[VEC] : st[VEC] + width], vectors[st[BIAS] : st[BIAS] + width],
+                                         eps_ln, dst)
+                    else:  # per head: normalised (ones and zeros at BIAS), then scaled by the weight at VEC
+                        width = src.shape[1] // rows
+                        layernorm_serial(src.reshape(rows, width), vectors[st[BIAS] : st[BIAS] + width],
+                                         vectors[st[BIAS] + width : st[BIAS] + 2 * width], eps_ln, dst.reshape(rows, width))
+                        dst[0] *= vectors[st[VEC] : st[VEC] + dst.shape[1]]
+                elif op == COPY:
+                    src, dst = buffers[st[SRC]], buffers[st[DST]]
+                    dst[0, :] = src[0, st[OFFSET] : st[OFFSET] + dst.shape[1]]
+                elif op == GELU:
+                    gelu_serial(buffers[st[SRC]], buffers[st[DST]])
     return decode_blocks
+
+
+def _q8_forms(width: int) -> tuple:
+    """Scratch for a (1, width) activation's q8_0 and q8_k forms (int8 quants, scales, sums, sums per 4)."""
+    return tuple((np.empty((1, width), np.int8), np.empty((1, width // 32), np.float32),
+                  np.empty((1, width // 32), np.float32), np.empty((1, width // 4), np.int32)) for _ in ("q8_0", "q8_k"))
 
 
 @dataclass
 class FusedDecoder:
-    """What decode_blocks needs from a model, gathered once: tables, stacked norms, scratch."""
+    """What decode_blocks needs from a model, gathered once: the step tables, the plan, scratch."""
+    net: object
     data: np.ndarray
     plan: tuple
-    attn_norm: np.ndarray   # (n_layer, n_embd)
-    ffn_norm: np.ndarray    # (n_layer, n_embd)
-    bias: tuple             # (bq, bk, bv), each (n_layer, dim); zeros when the file has none
-    has_bias: bool
-    q8: tuple
+    steps: np.ndarray       # (n_layer, n_steps, COLUMNS) int64
+    factors: np.ndarray     # (n_layer, n_steps) float64
+    vectors: np.ndarray     # float32: every norm weight and bias the steps read
+    names: tuple            # the buffers' names, in the order of their numbers
+    forms: tuple            # per matmul input buffer: _q8_forms
     decode: object          # decode_blocks for this model's types
 
     @classmethod
     def build(cls, net, gguf) -> "FusedDecoder | None":
         """None when some block matrix has no kernel (a float row not a multiple of 32): step by step then."""
-        blocks = net.blocks
-        weights = [getattr(b, m) for b in blocks for m in MATRICES]
-        if any(w.type not in SUPPORTED or w.n_per_row % max(32, block_weights(w.type)) for w in weights):
+        if any(b.step.op == "moe" for layer in net.layers for b in layer):
+            return None  # mixtures of experts decode step by step (the experts differ per token)
+        matrices = net.matrices
+        if any(w.type not in SUPPORTED or w.n_per_row % max(32, block_weights(w.type)) for w in matrices):
             return None
-        if any(getattr(b, name) is not None for b in blocks for name in ("bo", "b_gate", "b_up", "b_down")):
-            return None  # biases past q/k/v (some llama files): step by step
-        data = np.asarray(gguf.map).view(np.ndarray)                           # the whole file, uint8
-        table = np.array([[(gguf.data_offset + getattr(b, m).offset, getattr(b, m).shape[0],
-                            getattr(b, m).data.shape[1], int(getattr(b, m).type), KINDS[activations(getattr(b, m).type)])
-                           for m in MATRICES] for b in blocks], dtype=np.int64)   # (n_layer, 7, 5)
-        plan = tuple(np.ascontiguousarray(table[:, :, i]) for i in range(5))
-        has_bias = any(b.bq is not None for b in blocks)
-        bias = tuple(np.stack([getattr(b, name) if getattr(b, name) is not None
-                               else np.zeros(getattr(b, w).shape[0], np.float32) for b in blocks]).astype(np.float32)
-                     for name, w in (("bq", "wq"), ("bk", "wk"), ("bv", "wv")))
-        c = net.config
-        q_dim = c.n_head * c.head_dim
-        q8 = tuple(tuple((np.empty((1, width), np.int8), np.empty((1, width // 32), np.float32),
-                          np.empty((1, width // 32), np.float32), np.empty((1, width // 4), np.int32)) for _ in ("q8_0", "q8_k"))
-                   for width in (c.n_embd, q_dim, c.n_ff))                   # (q8_0, q8_k) per width
-        return cls(data, plan, np.stack([b.attn_norm for b in blocks]).astype(np.float32),
-                   np.stack([b.ffn_norm for b in blocks]).astype(np.float32), bias, has_bias, q8,
-                   _decoder(types_mask(w.type for w in weights)))
+        names = tuple(net.widths)
+        number = {name: i for i, name in enumerate(names)}
+        inputs = sorted({b.step.src for layer in net.layers for b in layer if b.step.op == "matmul"}, key=names.index)
+        form_of = {name: i for i, name in enumerate(inputs)}
+        n_steps = max(len(layer) for layer in net.layers)
+        n_mat = max(sum(b.step.op == "matmul" for b in layer) for layer in net.layers)
+        steps = np.zeros((len(net.layers), n_steps, COLUMNS), np.int64)
+        factors = np.zeros((len(net.layers), n_steps, 2), np.float64)
+        table = np.zeros((len(net.layers), n_mat, 5), np.int64)
+        vectors, size = [], 0
 
-    def __call__(self, x, cache, pos, cos, sin, neox, eps, buffers):
-        self.decode(x, self.data, self.plan, self.attn_norm, self.ffn_norm, self.bias, self.has_bias,
-                    cache.k, cache.v, pos, cos, sin, neox, np.float32(eps), buffers, self.q8)
+        def place(v):  # v's offset in the vectors array
+            nonlocal size
+            vectors.append(v.astype(np.float32))
+            size += len(v)
+            return size - len(v)
+
+        for l, layer in enumerate(net.layers):
+            j, open_runs = 0, {}  # open_runs: input buffer -> the row of the matmul that quantises it
+            for i, b in enumerate(layer):
+                st, row = b.step, steps[l, i]
+                row[:] = (OPS[st.op], number.get(st.src, 0), number.get(st.dst, 0), number.get(st.other, 0),
+                          0, 1, 0, -1, -1, -1, 0, st.table, st.window, st.offset, -1)
+                factors[l, i] = st.factor, st.cap
+                if st.op == "attention" and b.vector is not None:
+                    row[SINKS] = place(b.vector)
+                if st.op == "norm":
+                    row[VEC] = place(b.vector)
+                    row[ROWS] = net.widths[st.src] // len(b.vector)
+                elif st.op == "layernorm":
+                    row[VEC] = place(b.vector)
+                    if st.per_head:
+                        hd = net.config.head_dim
+                        row[ROWS] = net.widths[st.src] // hd
+                        row[BIAS] = place(np.concatenate([np.ones(hd, np.float32), np.zeros(hd, np.float32)]))
+                    else:
+                        row[BIAS] = place(b.bias if b.bias is not None else np.zeros_like(b.vector))
+                elif st.op == "matmul":
+                    w = b.weight
+                    table[l, j] = (gguf.data_offset + w.offset, w.shape[0], w.data.shape[1], int(w.type),
+                                   KINDS[activations(w.type)])
+                    row[MAT], row[FORMS] = j, form_of[st.src]
+                    if b.bias is not None:
+                        row[BIAS] = place(b.bias)
+                    if st.src in open_runs:                         # the input's 8-bit forms are made: extend
+                        steps[l, open_runs[st.src], QLAST] = j
+                    else:
+                        open_runs[st.src] = i
+                        row[QFIRST] = row[QLAST] = j
+                    j += 1
+                open_runs.pop(st.dst, None)                         # written: its forms must be made again
+        plan = tuple(np.ascontiguousarray(table[:, :, k]) for k in range(5))
+        data = np.asarray(gguf.map).view(np.ndarray)                 # the whole file, uint8
+        forms = tuple(_q8_forms(net.widths[name]) for name in inputs)
+        vectors = np.concatenate(vectors) if vectors else np.zeros(1, np.float32)
+        return cls(net, data, plan, steps, factors, vectors, names, forms,
+                   _decoder(types_mask(w.type for w in matrices)))
+
+    def __call__(self, cache, pos, tables, state):
+        """One token through every block; tables: the (cos, sin) per rope table, each (1, rope_dim/2)."""
+        c = self.net.config
+        buffers = tuple(state.buffers[name][:1] for name in self.names)
+        cos = np.stack([t[0] for t in tables]) if len(tables) > 1 else tables[0][0][None]
+        sin = np.stack([t[1] for t in tables]) if len(tables) > 1 else tables[0][1][None]
+        self.decode(self.data, self.plan, self.steps, self.factors, self.vectors, buffers, self.forms, cache.k, cache.v,
+                    pos, cos, sin, self.net.rope_neox, np.float32(c.norm_eps), np.float32(c.layer_norm_eps), c.head_dim,
+                    self.net.backend._scores)
