@@ -9,14 +9,10 @@ from pathlib import Path
 from .. import __version__
 from .errors import APIError, invalid
 from .prompts import completion_prompts, infill_prompt, render_messages
-from .runner import (Choice, collect, error_event, job_events, partial_timings, prepare_jobs, sse,
+from .runner import (token_piece, Choice, collect, error_event, job_events, partial_timings, prepare_jobs, sse,
                      streaming_response, submit, timings)
 from .scheduler import Job, Slot
 from .validate import get_bool, get_messages
-
-
-def token_piece(state, token: int) -> str:
-    return state.model.tokenizer.token_bytes(int(token)).decode("utf-8", "replace")
 
 
 def completion_probabilities(state, probs: list[dict]) -> list[dict]:

@@ -8,13 +8,9 @@ from typing import AsyncIterator
 
 from . import runner
 from .prompts import chat_prompt, completion_prompts
-from .runner import collect, error_event, job_events, prepare_jobs, sse, streaming_response, submit, timings, usage
+from .runner import token_piece, collect, error_event, job_events, prepare_jobs, sse, streaming_response, submit, timings, usage
 from .tools import ToolCallStream
 from .validate import get_bool, get_integer, get_messages, get_n, get_object
-
-
-def token_piece(state, token: int) -> str:
-    return state.model.tokenizer.token_bytes(int(token)).decode("utf-8", "replace")
 
 
 def chat_logprobs(state, probs: list[dict]) -> list[dict]:

@@ -206,3 +206,8 @@ def timings(r: Result) -> dict:
 
 def partial_timings(e: Event) -> dict:
     return {"predicted_n": e.n_generated, "predicted_ms": e.elapsed_ms}
+
+
+def token_piece(state, token: int) -> str:
+    """One token's text as clients see it in probabilities (invalid UTF-8 replaced)."""
+    return state.model.tokenizer.token_bytes(int(token)).decode("utf-8", "replace")
