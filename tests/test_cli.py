@@ -131,3 +131,20 @@ def test_no_prompt_without_terminal_serves(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+@pytest.mark.parametrize("record", [r for r in read_jsonl("gen_gemma3.jsonl") if margin_cut(r) >= 4],
+                         ids=lambda r: r["prompt"][:30])
+def test_gemma3_completion_matches_llamacpp(record):
+    """Gemma 3 270M end to end from the command line (SentencePiece, the gemma3 architecture): llama.cpp's
+    greedy continuation up to its first near-tie (the records whose first 4 steps are clear)."""
+    import llamafile
+    path = model_path("gemma3-270m")
+    model = llamafile.load(path, n_ctx=256)
+    assert model.tokenize(record["prompt"], add_special=True) == record["prompt_ids"]
+    cut = margin_cut(record)
+    r = run("-m", str(path), "-p", record["prompt"], "-n", str(len(record["ids"])), "--temp", "0", "-c", "256")
+    assert r.returncode == 0, r.stderr
+    decoder = model.tokenizer.decoder(continuation=True)
+    expected = "".join(decoder.feed(t) for t in record["ids"][:cut]) + decoder.flush()
+    assert r.stdout.startswith(record["prompt"] + expected), (r.stdout, expected)
