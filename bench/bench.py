@@ -32,7 +32,7 @@ import llamafile  # noqa: E402
 from weights.fetch import fetch  # noqa: E402
 
 VARIANTS = ["smollm2", "smollm2-q8_0", "smollm2-q4_0", "smollm2-f16", "smollm2-bf16", "smollm2-f32",
-            "qwen05", "smollm2-q4_k_m"]
+            "qwen05", "gemma3-270m", "smollm2-q4_k_m"]
 # "<catalogue model>-<type>": made from the model's f32 variant by llama.cpp's own quantiser
 # (llama-cpp-python, the bench extra), into the cache's bench/ folder; never committed.
 LLAMA_FTYPES = {"q4_k_m": 15, "q4_k_s": 14, "q5_k_m": 17, "q6_k": 18, "q3_k_m": 12, "q2_k": 10,
