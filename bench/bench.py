@@ -37,7 +37,7 @@ VARIANTS = ["smollm2", "smollm2-q8_0", "smollm2-q4_0", "smollm2-f16", "smollm2-b
 # (llama-cpp-python, the bench extra), into the cache's bench/ folder; never committed.
 LLAMA_FTYPES = {"q4_k_m": 15, "q4_k_s": 14, "q5_k_m": 17, "q6_k": 18, "q3_k_m": 12, "q2_k": 10,
                 "q5_0": 8, "q5_1": 9, "iq4_nl": 25, "iq4_xs": 30}
-REFERENCE = REPO.parent / "shared" / "reference" / "llamacpp_bench.json"
+REFERENCE = REPO / "tests" / "reference" / "llamacpp_bench.json"  # llama-bench on the Zen 5 host of 2026-11-24
 
 
 @numba.njit(parallel=True, cache=True)

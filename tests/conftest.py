@@ -14,16 +14,9 @@ REPO = Path(__file__).resolve().parents[1]
 # llama.cpp's output for the real models (tests/reference/README.md: where each file comes from); a
 # copy in the repository, so that a fresh clone tests. LLAMAFILE_REFERENCE points elsewhere.
 REFERENCE = Path(os.environ.get("LLAMAFILE_REFERENCE", REPO / "tests" / "reference"))
-# llama.cpp's tiny random-weight architecture and format models with their logits (70 MB of GGUF
-# files: not in the repository). Beside CI's checkout in ../shared; their tests skip without them.
-ARCHS = Path(os.environ.get("LLAMAFILE_ARCHS", REPO.parent / "shared" / "reference" / "archs"))
-
-
-def need_archs():
-    """Skip (at collection) a test module of the archs models when they are not on this machine."""
-    if not (ARCHS / "models").is_dir():
-        pytest.skip(f"llama.cpp's architecture test models are not here ({ARCHS}; set LLAMAFILE_ARCHS)",
-                    allow_module_level=True)
+# llama.cpp's tiny random-weight architecture and format models with their logits
+# (tests/reference/archs/README.md); LLAMAFILE_ARCHS points elsewhere.
+ARCHS = Path(os.environ.get("LLAMAFILE_ARCHS", REFERENCE / "archs"))
 
 
 @lru_cache(maxsize=None)

@@ -1,6 +1,6 @@
 """Comparing our next-token distributions with llama.cpp's top-20 log-probabilities.
 
-The measures and bounds are the ones named in ../shared/reference/README.md.
+The measures and bounds are the ones named in tests/reference/README.md.
 """
 from __future__ import annotations
 

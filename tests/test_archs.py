@@ -1,4 +1,4 @@
-"""llama.cpp's tiny random-weight test models (../shared/reference/archs) against its logits.
+"""llama.cpp's tiny random-weight test models (tests/reference/archs) against its logits.
 
 Each model has four token sequences with llama.cpp's full log-softmax at every position; we
 compare centred log-probs by NMSE over all positions, with the bounds of the archs README:
@@ -14,22 +14,14 @@ import numba
 import numpy as np
 import pytest
 
-from conftest import ARCHS, need_archs
+from conftest import ARCHS
 
-need_archs()
 QUANT_TYPES = ("Q4_K_M", "Q5_K_M", "Q6_K", "Q3_K_M", "Q2_K", "IQ4_XS", "IQ4_NL", "Q5_0", "Q5_1")
-# every architecture model of the archs README, in the order they are being supported
+# every architecture model of the archs README
 ARCH_MODELS = ("llama-dense", "qwen2-dense", "qwen3-dense", "gemma3-dense", "phi3-dense", "mistral3-dense",
                "smollm3-dense", "granite-dense", "gemma2-dense", "gemma-dense", "olmo2-dense", "starcoder2-dense",
                "stablelm-dense", "phi2-dense", "glm4-dense", "exaone4-dense", "llama-moe", "qwen3moe-moe",
                "olmoe-moe", "gpt-oss-moe")
-
-
-def supported(model: str) -> bool:
-    from llamafile.models import ARCHITECTURES
-    from weights.gguf import GGUFFile
-    arch = ARCHITECTURES.get(GGUFFile(ARCHS / "models" / f"{model}.gguf").get("general.architecture"))
-    return arch is not None and (arch.moe or not model.endswith("-moe"))
 
 
 def _q_table() -> dict[str, float]:
@@ -91,8 +83,6 @@ def greedy_cut(rec: dict, tau: float = 0.05) -> int:
 def test_architecture_against_llamacpp(model):
     """Each architecture's random model: NMSE <= 1e-4 over all positions at 1 and 2 threads (bit-identical),
     greedy ids as llama.cpp's up to its first margin < 0.05, and the ids decoded one by one within the bound."""
-    if not supported(model):
-        pytest.skip(f"{model}: architecture not supported yet")
     recs = records(model)
     m = load(model)
     ours = logprobs_at_1_and_2_threads(m, recs)

@@ -1,6 +1,6 @@
 """The kernel path on all six SmolLM2 files and Qwen2.5-Coder-0.5B Q4_K_M against llama.cpp, at 1 and 2 threads.
 
-Bounds from ../shared/reference/README.md: *same file* for every file; *exact arithmetic*
+Bounds from tests/reference/README.md: *same file* for every file; *exact arithmetic*
 against the f32 reference for f32/f16/bf16; *at least as accurate as llama.cpp* for the
 quantised files (their vs_f32 figures); greedy continuations for q8_0 and f16.
 """
