@@ -70,12 +70,13 @@ def _table(title: str, times: dict, total: float, per: int) -> None:
 
 def profile(name: str, threads: int, n_prompt: int, n_decode: int) -> None:
     path = bench_file(name)
-    model = llamafile.load(path, n_ctx=n_prompt + n_decode + 16)
+    model = llamafile.load(path, n_ctx=n_prompt + 2 * n_decode + 16)
     numba.set_num_threads(threads)
     net = model.net
     timed = Timed(net.backend)
     rng = np.random.default_rng(0)
     prompt = rng.integers(10, model.config.n_vocab, n_prompt).tolist()
+    decoded = rng.integers(10, model.config.n_vocab, n_decode).tolist()   # fed one at a time
 
     model.reset()
     model.eval(prompt[:16])                              # compile (or load the cache)
@@ -94,7 +95,7 @@ def profile(name: str, threads: int, n_prompt: int, n_decode: int) -> None:
     timed.reset()
     t0 = time.perf_counter()
     for i in range(n_decode):
-        model.eval([prompt[i]])
+        model.eval([decoded[i]])
     _table(f"{name}, {threads} threads: decode, step by step (depth {n_prompt})", dict(timed.times),
            time.perf_counter() - t0, n_decode)
     if fused:
@@ -109,7 +110,7 @@ def profile(name: str, threads: int, n_prompt: int, n_decode: int) -> None:
         timed.reset()
         t0 = time.perf_counter()
         for i in range(n_decode):
-            model.eval([prompt[i]])
+            model.eval([decoded[i]])
         total = time.perf_counter() - t0
         _table(f"{name}, {threads} threads: decode, blocks in one call (fused.py)", dict(timed.times), total, n_decode)
         if one_call is not None:
