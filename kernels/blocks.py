@@ -6,10 +6,11 @@ kernels (kernels.quant: row dots and register tiles; kernels.panels: VNNI prompt
 row block by block and ask the decoder, for each chunk c of 32 weights of a block:
 
     quants(c) -> <32 x i8>    the chunk's integer quants, in weight order
-    scale(c)  -> float         the chunk's scale, or <8 x float> with one scale per 4 weights
-                               (formats whose sub-blocks hold 16 weights: lanes 0-3 and 4-7)
-    min(c)    -> None, float   a term added per chunk: min * (the chunk's activation sum),
-                 or <8 x float> likewise one per 4 weights (times the sums of 4 activations)
+    scale(c)  -> <8 x float>   the chunk's scale per 4 weights: all lanes alike, or (lane_scales:
+                               sub-blocks of 16 weights) lanes 0-3 and 4-7
+    min(c)    -> None, or <8 x float>: a term added per chunk, min * (the chunk's activation sum)
+                 (min_kind "chunk": all lanes alike), or one per 4 weights times the sums of 4
+                 activations (min_kind "lanes")
 
 so that, with x quantised to 8 bits per 32 (xq, scale dx, as llama.cpp's q8_0/q8_1):
 
@@ -29,7 +30,7 @@ from gguf import GGMLQuantizationType as T
 from llvmlite import ir
 
 from . import cpu
-from .simd import F32, I8, I16, I32, _call_intrinsic, _concat, _const, _load_at, half_bits_to_float, vec
+from .simd import F32, I8, I16, I32, _call_intrinsic, _concat, _const, _load_at, _splat, half_bits_to_float, vec
 
 I1 = ir.IntType(1)
 
@@ -40,6 +41,13 @@ def _bytes(b, blk, offset, n=32):
 
 def _half(b, blk, offset):
     return half_bits_to_float(b, _load_at(b, blk, offset, I16))
+
+
+def _halves(b, blk, offset, n=8):
+    """The f16 at offset as <n x float>, converted after the splat. (Converting one half, LLVM loads it
+    with vpinsrw into whatever register is free, which keeps a false dependency on that register's
+    old value: in the row dots an accumulator, serialising the loop. Q5_0's dot ran 20% slower.)"""
+    return half_bits_to_float(b, _splat(b, _load_at(b, blk, offset, I16), n))
 
 
 def _shr(b, v, shift):
@@ -79,10 +87,6 @@ def _lanes_of_groups(b, values, first):
     return b.shuffle_vector(values, values, ir.Constant(vec(I32, 8), [first] * 4 + [first + 1] * 4))
 
 
-def _element(b, values, i):
-    return b.extract_element(values, ir.Constant(I32, i))
-
-
 def _to_float(b, ints, signed=False):
     """<n x iK> -> <n x float>."""
     n = ints.type.count
@@ -91,14 +95,8 @@ def _to_float(b, ints, signed=False):
 
 
 def _scaled(b, ints, d, signed=False):
-    """<n x iK> integer scales times the float d -> <n x float>."""
-    n = ints.type.count
-    return b.fmul(_to_float(b, ints, signed), _splat_f(b, d, n))
-
-
-def _splat_f(b, value, n):
-    v = b.insert_element(ir.Constant(vec(F32, n), None), value, ir.Constant(I32, 0))
-    return b.shuffle_vector(v, v, ir.Constant(vec(I32, n), [0] * n))
+    """<n x iK> integer scales times d (<n x float>, every lane the same) -> <n x float>."""
+    return b.fmul(_to_float(b, ints, signed), d)
 
 
 def _pick(b, v, lanes):
@@ -155,7 +153,7 @@ class Q8_0(Decoder):
         return _bytes(b, blk, 2)
 
     def scale(self, b, blk, hdr, c):
-        return _half(b, blk, 0)
+        return _halves(b, blk, 0)
 
 
 class Q4_0(Decoder):
@@ -166,7 +164,7 @@ class Q4_0(Decoder):
         return _nibbles16(b, blk, 2)
 
     def scale(self, b, blk, hdr, c):
-        return _half(b, blk, 0)
+        return _halves(b, blk, 0)
 
 
 class Q4_1(Decoder):
@@ -177,10 +175,10 @@ class Q4_1(Decoder):
         return _nibbles16(b, blk, 4)
 
     def scale(self, b, blk, hdr, c):
-        return _half(b, blk, 0)
+        return _halves(b, blk, 0)
 
     def min(self, b, blk, hdr, c):
-        return _half(b, blk, 2)
+        return _halves(b, blk, 2)
 
 
 class Q5_0(Decoder):
@@ -191,7 +189,7 @@ class Q5_0(Decoder):
         return b.or_(_nibbles16(b, blk, 6), _shl(b, _bits32(b, _load_at(b, blk, 2, I32)), 4))
 
     def scale(self, b, blk, hdr, c):
-        return _half(b, blk, 0)
+        return _halves(b, blk, 0)
 
 
 class Q5_1(Decoder):
@@ -202,10 +200,10 @@ class Q5_1(Decoder):
         return b.or_(_nibbles16(b, blk, 8), _shl(b, _bits32(b, _load_at(b, blk, 4, I32)), 4))
 
     def scale(self, b, blk, hdr, c):
-        return _half(b, blk, 0)
+        return _halves(b, blk, 0)
 
     def min(self, b, blk, hdr, c):
-        return _half(b, blk, 2)
+        return _halves(b, blk, 2)
 
 
 IQ4_VALUES = [-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113]
@@ -219,7 +217,7 @@ class IQ4_NL(Decoder):
         return lookup16(b, IQ4_VALUES, _nibbles16(b, blk, 2))
 
     def scale(self, b, blk, hdr, c):
-        return _half(b, blk, 0)
+        return _halves(b, blk, 0)
 
 
 # --- K-quants: super-blocks of 256 weights --------------------------------------------------
@@ -254,16 +252,16 @@ class Q4_K(_SuperBlock):
 
     def header(self, b, blk):
         scales, mins = _k_scales_mins(b, blk, 4)
-        return _scaled(b, scales, _half(b, blk, 0)), _scaled(b, mins, b.fneg(_half(b, blk, 2)))
+        return _scaled(b, scales, _halves(b, blk, 0)), _scaled(b, mins, b.fneg(_halves(b, blk, 2)))
 
     def quants(self, b, blk, hdr, c):
         return _and(b, _shr(b, _bytes(b, blk, 16 + 32 * (c // 2)), 4 * (c % 2)), 0x0F)
 
     def scale(self, b, blk, hdr, c):
-        return _element(b, hdr[0], c)
+        return _pick(b, hdr[0], [c] * 8)
 
     def min(self, b, blk, hdr, c):
-        return _element(b, hdr[1], c)
+        return _pick(b, hdr[1], [c] * 8)
 
 
 class Q5_K(Q4_K):
@@ -282,7 +280,7 @@ class Q6_K(_SuperBlock):
     type, nbytes, offset, lane_scales = T.Q6_K, 210, 32, True
 
     def header(self, b, blk):
-        return _scaled(b, _bytes(b, blk, 192, 16), _half(b, blk, 208), signed=True)
+        return _scaled(b, _bytes(b, blk, 192, 16), _halves(b, blk, 208, 16), signed=True)
 
     def quants(self, b, blk, hdr, c):
         n, j = divmod(c, 4)
@@ -310,7 +308,7 @@ class Q3_K(_SuperBlock):
     type, nbytes, offset, lane_scales = T.Q3_K, 110, 4, True
 
     def header(self, b, blk):
-        return _scaled(b, _q3_k_scales(b, blk, 96), _half(b, blk, 108), signed=True)
+        return _scaled(b, _q3_k_scales(b, blk, 96), _halves(b, blk, 108, 16), signed=True)
 
     def quants(self, b, blk, hdr, c):
         n, j = divmod(c, 4)
@@ -328,7 +326,7 @@ class Q2_K(_SuperBlock):
 
     def header(self, b, blk):
         s = _bytes(b, blk, 0, 16)
-        return _scaled(b, _and(b, s, 15), _half(b, blk, 80)), _scaled(b, _shr(b, s, 4), b.fneg(_half(b, blk, 82)))
+        return _scaled(b, _and(b, s, 15), _halves(b, blk, 80, 16)), _scaled(b, _shr(b, s, 4), b.fneg(_halves(b, blk, 82, 16)))
 
     def quants(self, b, blk, hdr, c):
         n, j = divmod(c, 4)
@@ -355,13 +353,13 @@ class IQ4_XS(_SuperBlock):
         high = b.trunc(b.and_(b.lshr(h8, ir.Constant(vec(I16, 8), list(range(0, 16, 2)))), _const(vec(I16, 8), 3)),
                        vec(I8, 8))
         ls = b.sub(b.or_(low, _shl(b, high, 4)), _const(vec(I8, 8), 32))
-        return _scaled(b, ls, _half(b, blk, 0), signed=True)
+        return _scaled(b, ls, _halves(b, blk, 0), signed=True)
 
     def quants(self, b, blk, hdr, c):
         return lookup16(b, IQ4_VALUES, _nibbles16(b, blk, 8 + 16 * c))
 
     def scale(self, b, blk, hdr, c):
-        return _element(b, hdr, c)
+        return _pick(b, hdr, [c] * 8)
 
 
 FORMATS = {d.type: d for d in (Q8_0(), Q4_0(), Q4_1(), Q5_0(), Q5_1(), IQ4_NL(),

@@ -18,7 +18,7 @@ from gguf import GGMLQuantizationType as T
 from llvmlite import ir
 from numba import njit, prange, types
 from numba.core import errors
-from numba.extending import intrinsic, overload
+from numba.extending import intrinsic
 
 from . import panels, quant, simd
 from .blocks import FORMATS
@@ -99,7 +99,13 @@ def _quant_matmul(code, R, T):
     @njit(cache=True, parallel=True)
     def matmul(w, xq, xd, xs, xsum4, out):
         rows, n = w.shape[0], xq.shape[0]
-        if n < T:  # decoding: one row dot per output
+        if n == 1:  # decoding: the token's activation rows taken once, outside the parallel loop
+            xq0, xd0, xs0, sum40, chunks = xq[0], xd[0], xs[0], xsum4[0], xd.shape[1]
+            for tile_r in prange((rows + ROWS_PER_TILE - 1) // ROWS_PER_TILE):
+                for r in range(tile_r * ROWS_PER_TILE, min(rows, (tile_r + 1) * ROWS_PER_TILE)):
+                    out[0, r] = _quant_dot(code, w[r], xq0, xd0, xs0, sum40, chunks)
+            return
+        if n < T:  # a few tokens: one row dot per output
             for tile_r in prange((rows + ROWS_PER_TILE - 1) // ROWS_PER_TILE):
                 _quant_dots(code, w, tile_r * ROWS_PER_TILE, min(rows, (tile_r + 1) * ROWS_PER_TILE), 0, n,
                             xq, xd, xs, xsum4, out)
@@ -167,34 +173,44 @@ QUANT_DOTS = {t: quant.row_dot(fmt) for t, fmt in FORMATS.items()}
 QUANT_TILES = {t: quant.tile(fmt) for t, fmt in FORMATS.items()}
 
 
-def _by_type(kernels: dict, what: str):
-    """A jittable f(code, *args) calling kernels[code](*args). code must be a compile-time constant
-    (the drivers' closure value), so only that format's kernel is compiled into the caller."""
-    def stub(code, *args):
-        raise NotImplementedError(what)
-
-    @overload(stub)
-    def typed(code, *args):
+def _by_type(kernels: dict, what: str, arity: int):
+    """A jittable f(code, a0, ..., a{arity-1}) calling kernels[code](a0, ...), every kernel an @intrinsic.
+    code must be a compile-time constant (the drivers' closure value), so only that format's kernel is
+    compiled into the caller. An intrinsic itself, so the kernel's code is emitted in place: an @overload
+    is a call, which passes every array struct once per weight row (measured: 15% of a Q5_0 decode)."""
+    def typed(typingctx, code, *args):
         if not isinstance(code, types.IntegerLiteral):
-            return None  # Numba then retries with the literal
-        kernel = kernels[T(code.literal_value)]
-        return lambda code, *args: kernel(*args)
-    return stub
+            raise errors.TypingError(f"{what}: the GGML type must be a compile-time constant")
+        fnty = typingctx.resolve_value_type(kernels[T(code.literal_value)])
+        sig = typingctx.resolve_function_type(fnty, args, {})
+
+        def codegen(context, builder, signature, llargs):
+            return context.get_function(fnty, sig)(builder, llargs[1:])
+        return sig.return_type(code, *args), codegen
+
+    # Numba's intrinsics take a fixed list of parameters (a *args one is lowered as a tuple)
+    names = ", ".join(f"a{i}" for i in range(arity))
+    scope = {"typed": typed}
+    exec(f"def {what.replace(' ', '_')}(typingctx, code, {names}):\n    return typed(typingctx, code, {names})", scope)
+    return intrinsic(prefer_literal=True)(scope[what.replace(" ", "_")])
 
 
-_quant_dot = _by_type(QUANT_DOTS, "quantised row dot")
-_quant_tile = _by_type(QUANT_TILES, "quantised tile")
-_panel_tile = _by_type(panels.TILES, "panel tile")
-_float_dot = _by_type({t: dot for t, (dot, _) in FLOATS.items()}, "float row dot")
-_float_tile = _by_type({t: tile for t, (_, tile) in FLOATS.items()}, "float tile")
+_quant_dot = _by_type(QUANT_DOTS, "quantised row dot", 6)
+_quant_tile = _by_type(QUANT_TILES, "quantised tile", 8)
+_panel_tile = _by_type(panels.TILES, "panel tile", 10)
+_float_dot = _by_type({t: dot for t, (dot, _) in FLOATS.items()}, "float row dot", 3)
+_float_tile = _by_type({t: tile for t, (_, tile) in FLOATS.items()}, "float tile", 5)
 
 
 @njit(cache=True, inline="always")
 def _quant_dots(code, w, r_first, r_end, t_first, t_end, xq, xd, xs, xsum4, out):
-    """out[t, r] one row dot at a time, for rows r_first..r_end-1 and tokens t_first..t_end-1."""
-    for r in range(r_first, r_end):
-        for t in range(t_first, t_end):
-            out[t, r] = _quant_dot(code, w[r], xq[t], xd[t], xs[t], xsum4[t], xd.shape[1])
+    """out[t, r] one row dot at a time, for rows r_first..r_end-1 and tokens t_first..t_end-1. (Tokens
+    outside: a token's activation rows are taken once, not per weight row; measured 25-30% faster
+    decoding, 1 thread, Q5_0 and Q8_0 at 896 wide.)"""
+    for t in range(t_first, t_end):
+        xq_t, xd_t, xs_t, xsum4_t = xq[t], xd[t], xs[t], xsum4[t]
+        for r in range(r_first, r_end):
+            out[t, r] = _quant_dot(code, w[r], xq_t, xd_t, xs_t, xsum4_t, xd.shape[1])
 
 
 QUANT_MATMUL = {t: _quant_matmul(int(t), *quant.TILE) for t in FORMATS}

@@ -170,14 +170,14 @@ def _chunk(builder, fmt, c, ch, blocks, headers, x_groups, d_groups, s_groups, s
         for g in range(G):
             acc = builder.load(accs[r][g])
             for h in range(halves):
-                s_h = builder.extract_element(scale, ir.Constant(I32, 4 * h)) if fmt.lane_scales else scale
+                s_h = _pick(builder, scale, [4 * h] * LANES)      # the scale of (half h of) the chunk
                 acc = _call_intrinsic(builder, fmuladd, vec(F32, LANES), [
-                    builder.sitofp(isums[g][h], vec(F32, LANES)), builder.fmul(_splat(builder, s_h, LANES), d_x[g]), acc])
+                    builder.sitofp(isums[g][h], vec(F32, LANES)), builder.fmul(s_h, d_x[g]), acc])
             if fmt.min_kind == "chunk":
-                acc = _call_intrinsic(builder, fmuladd, vec(F32, LANES), [_splat(builder, low_min, LANES), s_x[g], acc])
+                acc = _call_intrinsic(builder, fmuladd, vec(F32, LANES), [_pick(builder, low_min, [0] * LANES), s_x[g], acc])
             elif fmt.min_kind == "lanes":
                 for h in range(halves):
-                    m_h = _splat(builder, builder.extract_element(low_min, ir.Constant(I32, 4 * h)), LANES)
+                    m_h = _pick(builder, low_min, [4 * h] * LANES)
                     acc = _call_intrinsic(builder, fmuladd, vec(F32, LANES), [
                         builder.sitofp(x_sums(g, h), vec(F32, LANES)), builder.fmul(m_h, d_x[g]), acc])
             builder.store(acc, accs[r][g])

@@ -43,19 +43,17 @@ class _Blocks:
         b, fmt, C = self.b, self.fmt, self.fmt.chunks
         parts = [(self.blocks[j // C], self.headers[j // C], j % C) for j in range(first, first + P)]
         quants = _concat(b, [fmt.quants(b, blk, hdr, c) for blk, hdr, c in parts])
-        scales = [fmt.scale(b, blk, hdr, c) for blk, hdr, c in parts]
-        scale = _concat(b, scales) if fmt.lane_scales else _spread(b, _gather(b, scales))
+        scale = _concat(b, [fmt.scale(b, blk, hdr, c) for blk, hdr, c in parts])
         mins = [fmt.min(b, blk, hdr, c) for blk, hdr, c in parts]
-        chunk_min = _gather(b, mins) if fmt.min_kind == "chunk" else None
+        chunk_min = _first_lanes(b, _concat(b, mins)) if fmt.min_kind == "chunk" else None
         lane_min = _concat(b, mins) if fmt.min_kind == "lanes" else None
         return quants, scale, chunk_min, lane_min
 
 
-def _gather(b, scalars):
-    v = ir.Constant(vec(F32, len(scalars)), None)
-    for i, s in enumerate(scalars):
-        v = b.insert_element(v, s, ir.Constant(I32, i))
-    return v
+def _first_lanes(b, v):
+    """<8P x T> -> <P x T>: lane 0 of each chunk's 8."""
+    P = v.type.count // 8
+    return b.shuffle_vector(v, v, ir.Constant(vec(I32, P), [8 * i for i in range(P)]))
 
 
 def _spread(b, v):
