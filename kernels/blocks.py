@@ -19,7 +19,10 @@ so that, with x quantised to 8 bits per 32 (xq, scale dx, as llama.cpp's q8_0/q8
 `offset` (quants stored unsigned, e.g. Q4_0's 8) is folded into the integer sums. `signed`
 says the quants may be negative (x86 multiplies unsigned by signed bytes, so those need the
 sign moved onto the activations). The chunk index c is a Python int (the loops over a block's
-chunks are unrolled); a block's shared fields are decoded once, by header().
+chunks are unrolled); a block's shared fields are decoded once, by header(). A super-block's
+header (activations q8_k, one scale per 256) holds its float scales first (a vector, or a tuple's
+first) and, for min_kind "chunk", the chunk minimums second: the row dots multiply the scales (and
+per-lane minimums) by the activations' scale once per super-block, not once per chunk.
 
 Adding a format: its numpy class in weights/quants.py, its decoder here, one line in FORMATS,
 one entry in the tests' format list.

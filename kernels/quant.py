@@ -19,7 +19,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from .simd import (F32, I8, I32, WIDE, _block_loop, _call_intrinsic, _concat, _const, _int_dot, _load_vec, _ptr,
-                   _reduce_fadd, _row_pointers, _store_out, vec)
+                   _reduce_fadd, _row_pointers, _splat, _store_out, vec)
 
 P_WIDE = 2 if WIDE else 1   # chunks per step
 TILE = (4, 4) if WIDE else (2, 3)  # rows x tokens: accumulators must fit the register file
@@ -37,11 +37,34 @@ class _Blocks:
                        for k in range(max(1, n_chunks // C))]
         self.headers = [fmt.header(b, blk) for blk in self.blocks]
 
-    def group(self, first, P):
+    def times_dx(self, x, first_chunk):
+        """Super-blocks (q8_k activations, one scale per 256): the headers' scales, and per-lane minimums,
+        times the token's scale, once a super-block rather than once a chunk. The minimums per chunk are
+        left alone: the block's whole term is chunk_terms (one multiply-add of 8 lanes)."""
+        b, fmt = self.b, self.fmt
+
+        def times(v, k):
+            dx = b.load(b.gep(x.d, [b.add(first_chunk, ir.Constant(first_chunk.type, k * fmt.chunks))]))
+            return b.fmul(v, _splat(b, dx, v.type.count))
+        if isinstance(self.headers[0], tuple):
+            return [(times(h[0], k), times(h[1], k) if fmt.min_kind == "lanes" else h[1])
+                    for k, h in enumerate(self.headers)]
+        return [times(h, k) for k, h in enumerate(self.headers)]
+
+    def chunk_min_terms(self, x, first_chunk, extra):
+        """extra (<8 x float>) += each block's chunk minimums times the chunks' activation sums (Q4_K, Q5_K)."""
+        b = self.b
+        for k, hdr in enumerate(self.headers):
+            xs = _per_chunk(b, x.s, b.add(first_chunk, ir.Constant(first_chunk.type, k * self.fmt.chunks)), 8, F32)
+            extra = _call_intrinsic(b, "llvm.fmuladd.v8f32", vec(F32, 8), [hdr[1], xs, extra])
+        return extra
+
+    def group(self, first, P, headers=None):
         """Chunks first..first+P-1 of the step -> (quants <32P x i8>, scale <8P x float>,
-        chunk mins <P x float> | None, lane mins <8P x float> | None)."""
+        chunk mins <P x float> | None, lane mins <8P x float> | None). headers: times_dx's, for super-blocks."""
         b, fmt, C = self.b, self.fmt, self.fmt.chunks
-        parts = [(self.blocks[j // C], self.headers[j // C], j % C) for j in range(first, first + P)]
+        headers = headers or self.headers
+        parts = [(self.blocks[j // C], headers[j // C], j % C) for j in range(first, first + P)]
         quants = _concat(b, [fmt.quants(b, blk, hdr, c) for blk, hdr, c in parts])
         scale = _concat(b, [fmt.scale(b, blk, hdr, c) for blk, hdr, c in parts])
         mins = [fmt.min(b, blk, hdr, c) for blk, hdr, c in parts]
@@ -83,18 +106,33 @@ class _Activations:
         return xq, dx, start, sum4
 
 
+def _super(fmt) -> bool:
+    """Super-block formats: their activations have one scale per 256 (q8_k), multiplied into the block's
+    header once (_Blocks.times_dx), and their chunk minimums are one term per block (chunk_min_terms)."""
+    return fmt.activations == "q8_k"
+
+
 def _accumulate(b, fmt, group, x, ch, P, acc, extra):
-    """acc (<8P x float>), extra (<P x float>) += one group of P chunks times one token's activations."""
+    """acc (<8P x float>), extra (<P x float>) += one group of P chunks times one token's activations
+    (super-blocks: the scales in group carry dx already, and the chunk minimums are added per block)."""
     quants, scale, chunk_min, lane_min = group
     xq, dx, start, sum4 = x.chunk_terms(b, fmt, ch, P)
     isum = _int_dot(b, quants, xq, not fmt.signed, start)
     fmuladd = f"llvm.fmuladd.v{8 * P}f32"
-    acc = _call_intrinsic(b, fmuladd, vec(F32, 8 * P), [b.sitofp(isum, vec(F32, 8 * P)), b.fmul(scale, dx), acc])
+    if not _super(fmt):
+        scale = b.fmul(scale, dx)
+        lane_min = b.fmul(lane_min, dx) if lane_min is not None else None
+    acc = _call_intrinsic(b, fmuladd, vec(F32, 8 * P), [b.sitofp(isum, vec(F32, 8 * P)), scale, acc])
     if lane_min is not None:
-        acc = _call_intrinsic(b, fmuladd, vec(F32, 8 * P), [sum4, b.fmul(lane_min, dx), acc])
-    if chunk_min is not None:
+        acc = _call_intrinsic(b, fmuladd, vec(F32, 8 * P), [sum4, lane_min, acc])
+    if chunk_min is not None and not _super(fmt):
         extra = b.fadd(extra, b.fmul(chunk_min, _per_chunk(b, x.s, ch, P, F32)))
     return acc, extra
+
+
+def _extra_lanes(fmt, P):
+    """The width of the accumulator of minimum terms: a chunk's (P), or a super-block's 8 chunks."""
+    return 8 if _super(fmt) and fmt.min_kind == "chunk" else P
 
 
 def _steps(fmt):
@@ -126,16 +164,19 @@ def row_dot(fmt):
             def body(i, acc, extra):
                 first = builder.add(base, builder.mul(i, ir.Constant(i.type, per_step)))
                 blocks = _Blocks(builder, fmt, row, first, per_step)
+                headers = blocks.times_dx(x, first) if _super(fmt) else None
                 for g in range(0, per_step, P):
-                    acc, extra = _accumulate(builder, fmt, blocks.group(g, P), x,
+                    acc, extra = _accumulate(builder, fmt, blocks.group(g, P, headers), x,
                                              builder.add(first, ir.Constant(first.type, g)), P, acc, extra)
+                if _super(fmt) and fmt.min_kind == "chunk":
+                    extra = blocks.chunk_min_terms(x, first, extra)
                 return acc, extra
             return body
 
         steps = builder.udiv(n_chunks, ir.Constant(n_chunks.type, per_step))
         zero = ir.Constant(n_chunks.type, 0)
         total = _block_loop(builder, steps, 8 * P, body_for(P, per_step, zero), n_acc=2 if per_step > 2 else 4 // per_step,
-                            extra_lanes=P)
+                            extra_lanes=_extra_lanes(fmt, P))
         if per_step == 1 or fmt.chunks > 1:
             return total
         done = builder.mul(steps, ir.Constant(n_chunks.type, per_step))        # an odd block at the end
@@ -161,20 +202,28 @@ def tile(fmt, R=TILE[0], T=TILE[1]):
 
         def accumulators(P):
             return [[(cgutils.alloca_once_value(builder, ir.Constant(vec(F32, 8 * P), None)),
-                      cgutils.alloca_once_value(builder, ir.Constant(vec(F32, P), None))) for _ in range(T)]
-                    for _ in range(R)]
+                      cgutils.alloca_once_value(builder, ir.Constant(vec(F32, _extra_lanes(fmt, P)), None)))
+                     for _ in range(T)] for _ in range(R)]
 
         def run(P, per_step, first_chunk, accs):
             blocks = [_Blocks(builder, fmt, row, first_chunk, per_step) for row in rows]
+            if _super(fmt):   # each token's scale enters each row's header: R * T headers a super-block
+                headers = [[blk.times_dx(tokens[t], first_chunk) for t in range(T)] for blk in blocks]
             for g in range(0, per_step, P):
                 ch = builder.add(first_chunk, ir.Constant(first_chunk.type, g))
-                groups = [blk.group(g, P) for blk in blocks]
+                groups = [[blk.group(g, P, headers[r][t]) for t in range(T)] if _super(fmt) else [blk.group(g, P)] * T
+                          for r, blk in enumerate(blocks)]
                 for r in range(R):
                     for t in range(T):
                         acc, extra = accs[r][t]
-                        a, e = _accumulate(builder, fmt, groups[r], tokens[t], ch, P, builder.load(acc), builder.load(extra))
+                        a, e = _accumulate(builder, fmt, groups[r][t], tokens[t], ch, P, builder.load(acc), builder.load(extra))
                         builder.store(a, acc)
                         builder.store(e, extra)
+            if _super(fmt) and fmt.min_kind == "chunk":
+                for r in range(R):
+                    for t in range(T):
+                        extra = accs[r][t][1]
+                        builder.store(blocks[r].chunk_min_terms(tokens[t], first_chunk, builder.load(extra)), extra)
 
         def totals(accs):
             return [[builder.fadd(_reduce_fadd(builder, builder.load(a)), _reduce_fadd(builder, builder.load(e)))
