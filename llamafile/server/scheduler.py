@@ -142,8 +142,8 @@ class Slot:
         job = self.job
         if job.task is not None:
             value = job.task(self)
+            self.job = None  # free before the client hears of it: its next request may ask for this slot
             job.emit(Event("done", index=job.index, result=Result("stop", 0, 0, slot=self.index, value=value)))
-            self.job = None
             return
         gen = self.gen
         text = gen.step()
@@ -164,11 +164,12 @@ class Slot:
     def finish(self) -> None:
         job, gen, now = self.job, self.gen, time.perf_counter()
         first = self.t_first or now
-        job.emit(Event("done", index=job.index, result=Result(
+        result = Result(
             finish_reason=gen.finish_reason, n_prompt=len(job.prompt_ids), n_generated=gen.n_generated,
             stopping_word=gen.stopping_word, eog=gen.eog, n_cached=self.n_cached, slot=self.index,
-            prompt_ms=(first - self.t_start) * 1e3, predicted_ms=(now - first) * 1e3, tokens=list(gen.generated))))
-        self.release()
+            prompt_ms=(first - self.t_start) * 1e3, predicted_ms=(now - first) * 1e3, tokens=list(gen.generated))
+        self.release()  # before the client hears of it: its next request may ask for this slot (/slots/N: 409)
+        job.emit(Event("done", index=job.index, result=result))
 
     def release(self) -> None:
         if self.job is not None and self.job.task is None:
