@@ -101,8 +101,10 @@ class Probe:
             k = min(max(self.n_top, 1), len(x))
             top_ids = np.argpartition(-x, k - 1)[:k]
             top_ids = top_ids[np.lexsort((top_ids, -x[top_ids]))][: self.n_top]
+            # tokens a grammar masked (Constrained's second draw) have -inf: not alternatives, and not JSON
             self.records.append({"id": token, "logprob": float(x[token] - logz),
-                                 "top": [(int(i), float(x[i] - logz)) for i in top_ids], "post": False})
+                                 "top": [(int(i), float(x[i] - logz)) for i in top_ids if np.isfinite(x[i])],
+                                 "post": False})
         return token
 
     def take(self) -> list[dict]:
