@@ -74,6 +74,9 @@ def create_app(state):
             return JSONResponse({"status": "loading model"}, status_code=503)
         if state.status != "ok":
             return JSONResponse({"status": "error", "error": state.error}, status_code=500)
+        problem = state.guard.problem() if state.guard is not None else None
+        if problem is not None:
+            return JSONResponse({"status": "error", "error": problem}, status_code=503)
         busy = state.scheduler.busy()
         return {"status": "ok", "slots_idle": len(state.scheduler.slots) - busy, "slots_processing": busy}
 

@@ -193,8 +193,9 @@ class Scheduler:
 
     def __init__(self, load_slots: Callable[[], list], max_queue: int,
                  on_ready: Callable[[], None] = lambda: None,
-                 on_error: Callable[[BaseException], None] = lambda e: None):
-        self.load_slots, self.max_queue = load_slots, max_queue
+                 on_error: Callable[[BaseException], None] = lambda e: None,
+                 check: Callable[[], None] = lambda: None):
+        self.load_slots, self.max_queue, self.check = load_slots, max_queue, check
         self.on_ready, self.on_error = on_ready, on_error
         self.slots: list[Slot] = []
         self.waiting: deque[Job] = deque()
@@ -251,12 +252,18 @@ class Scheduler:
                 if self.stopping:
                     break
                 busy = [s for s in self.slots if s.job is not None]
+            try:
+                self.check()  # e.g. the model file is still whole (State.check_model_file)
+            except Exception as e:
+                self._end_all(e)
+                continue
             for slot in busy:
                 self._step(slot)
         self._end_all()
 
-    def _end_all(self) -> None:
-        """The server stops: every job still running or waiting ends with an error event."""
+    def _end_all(self, error: Exception | None = None) -> None:
+        """Every job still running or waiting ends with an error event: the server stops (or the check
+        before a turn failed)."""
         with self.cond:
             jobs, self.waiting = list(self.waiting), deque()
         for slot in self.slots:
@@ -264,7 +271,7 @@ class Scheduler:
                 jobs.append(slot.job)
                 slot.release()
         for job in jobs:
-            job.emit(Event("error", error=shutting_down(), index=job.index))
+            job.emit(Event("error", error=error or shutting_down(), index=job.index))
 
     def _assign(self) -> bool:
         """Move waiting jobs into free slots (the asked-for one, else the one already holding the
