@@ -92,7 +92,10 @@ class State:
         gguf = GGUFFile(self.model_path)
         from .mapping import FileGuard, install_sigbus_message
         self.guard = FileGuard(self.model_path, gguf.offset + len(gguf.map))
-        install_sigbus_message(self.model_path)
+        try:
+            install_sigbus_message(self.model_path)
+        except Exception:  # only a better last word on SIGBUS: serving goes on without it
+            pass
         total = getattr(self.args, "ctx_size", 0) or int(gguf.get(f"{gguf.get('general.architecture')}.context_length")
                                                          or DEFAULT_N_CTX)
         per_slot = max(total // self.n_parallel, 16)
