@@ -67,12 +67,12 @@ def test_bare_llamafile_on_a_terminal_serves_and_chats():
 
     child = pexpect.spawn(sys.executable, ["-m", "llamafile", "-m", str(model_path("smollm2")), "--temp", "0",
                                            "--nobrowser", "--port", "0", "-n", "30"],
-                          encoding="utf-8", timeout=120, dimensions=(40, 200))
+                          encoding="utf-8", timeout=WAIT, dimensions=(40, 200))
     try:
         child.expect(r"web chat at (http://\S+)")
         url = child.match.group(1)
         child.expect(PROMPT)
-        deadline = time.time() + 60
+        deadline = time.time() + WAIT
         while True:
             try:
                 with urllib.request.urlopen(url + "/health", timeout=5) as r:
