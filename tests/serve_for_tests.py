@@ -45,11 +45,13 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_server(*flags: str, api_key: str | None = None, ctx_size: int = 512, model: str = "smollm2"):
-    """Start `python -m llamafile.server` on a catalogue model, wait for /health, stop it afterwards.
-    ctx_size is the total, split across --parallel slots."""
+def running_server(*flags: str, api_key: str | None = None, ctx_size: int = 512,
+                   model: str | os.PathLike = "smollm2"):
+    """Start `python -m llamafile.server` on a catalogue model (or a GGUF file's path), wait for /health, stop
+    it afterwards. ctx_size is the total, split across --parallel slots."""
     port = free_port()
-    cmd = [sys.executable, "-m", "llamafile.server", "-m", str(model_path(model)), "--port", str(port),
+    gguf = model if isinstance(model, os.PathLike) else model_path(model)
+    cmd = [sys.executable, "-m", "llamafile.server", "-m", str(gguf), "--port", str(port),
            "--nobrowser", "-c", str(ctx_size), *flags]
     if api_key:
         cmd += ["--api-key", api_key]

@@ -8,12 +8,18 @@ import pexpect
 from conftest import model_path
 
 PROMPT = r"\x1b\[0m>"  # prompt_toolkit draws the "> " prompt after resetting attributes
+# Each expect below waits for something the chat will print, whose cost the test bounds (-n 400), not for a
+# clock: this is only how long a stuck chat may take to fail. A loaded 2-core machine decodes SmolLM2 at
+# a few tokens a second, and a fresh clone compiles the kernels first.
+WAIT = 600
 
 
 def test_chat_repl_session():
+    # no --ignore-eos: the first reply ends by itself (~80 tokens); the story runs to the -n limit, so a
+    # Ctrl-C sent once it streams always lands in the middle of it
     child = pexpect.spawn(sys.executable, ["-m", "llamafile", "-m", str(model_path("smollm2")), "--temp", "0",
-                                           "-n", "400", "--ignore-eos"],
-                          encoding="utf-8", timeout=120, dimensions=(40, 200))
+                                           "-n", "400"],
+                          encoding="utf-8", timeout=WAIT, dimensions=(40, 200))
     try:
         child.expect("SmolLM|Smollm2")          # the banner names the model
         child.expect(PROMPT)
@@ -25,7 +31,8 @@ def test_chat_repl_session():
         child.expect_exact("\x1b[?2004l")         # the line is accepted (bracketed paste off)...
         child.expect(r"\w+ \w+ \w+ \w+")         # ...some of the reply has arrived...
         child.sendintr()                         # ...Ctrl-C stops it without leaving
-        child.expect_exact("[stopped]")
+        stopped = child.expect_exact(["[stopped]", "\x1b[0m>"])
+        assert stopped == 0, "the reply ended before the Ctrl-C stopped it: " + child.before[-300:]
         child.expect(PROMPT)
 
         child.sendline("/reset")
@@ -60,12 +67,12 @@ def test_bare_llamafile_on_a_terminal_serves_and_chats():
 
     child = pexpect.spawn(sys.executable, ["-m", "llamafile", "-m", str(model_path("smollm2")), "--temp", "0",
                                            "--nobrowser", "--port", "0", "-n", "30"],
-                          encoding="utf-8", timeout=120, dimensions=(40, 200))
+                          encoding="utf-8", timeout=WAIT, dimensions=(40, 200))
     try:
         child.expect(r"web chat at (http://\S+)")
         url = child.match.group(1)
         child.expect(PROMPT)
-        deadline = time.time() + 60
+        deadline = time.time() + WAIT
         while True:
             try:
                 with urllib.request.urlopen(url + "/health", timeout=5) as r:

@@ -2,15 +2,14 @@
 the chat completions: its messages, system, tools and tool_choice are turned into OpenAI's."""
 from __future__ import annotations
 
-import asyncio
 import json
 import secrets
 
 from .errors import invalid
-from .prompts import chat_prompt
-from .runner import collect, error_event, job_events, prepare_jobs, sse, streaming_response, submit
+from .prompts import start_chat
+from .runner import collect, error_event, job_events, sse, streaming_response
 from .tools import ToolCallStream
-from .validate import get_bool, get_integer, get_messages
+from .validate import get_bool, get_integer
 
 STOP_REASONS = {"length": "max_tokens", "tool_calls": "tool_use"}
 
@@ -111,11 +110,7 @@ def blocks(text: str, calls: list[dict]) -> list[dict]:
 
 async def messages(state, request, body: dict):
     stream = get_bool(body, "stream", False)
-    chat = to_openai(body)
-    msgs = get_messages(chat)
-    prompt = await asyncio.to_thread(chat_prompt, state, chat, msgs)
-    jobs = await prepare_jobs(state, chat, [prompt.ids], native=False, grammar=prompt.grammar(chat))
-    events = submit(state, jobs)
+    prompt, jobs, events = await start_chat(state, to_openai(body))
     meta = {"id": "msg_" + secrets.token_hex(12), "type": "message", "role": "assistant",
             "model": state.model_name(body)}
     if stream:

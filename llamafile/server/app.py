@@ -7,14 +7,14 @@ responses_api and embeddings, and know nothing of FastAPI beyond the request the
 
 import asyncio
 import hmac
-import json
+import re
 from importlib import resources
 from pathlib import Path
 
 from . import anthropic_api, embeddings, llamacpp_api, openai_api, responses_api
 from .errors import APIError, internal, invalid
 from .prompts import check_token_ids
-from .validate import get_bool, is_integer
+from .validate import get_bool, is_integer, parse_body
 
 MAX_BODY = 1 << 20          # bytes of a request body; more is 413
 PUBLIC_PATHS = frozenset({"/", "/index.html", "/health", "/v1/health", "/favicon.ico", "/v1/models", "/models"})
@@ -74,6 +74,9 @@ def create_app(state):
             return JSONResponse({"status": "loading model"}, status_code=503)
         if state.status != "ok":
             return JSONResponse({"status": "error", "error": state.error}, status_code=500)
+        problem = state.guard.problem() if state.guard is not None else None
+        if problem is not None:
+            return JSONResponse({"status": "error", "error": problem}, status_code=503)
         busy = state.scheduler.busy()
         return {"status": "ok", "slots_idle": len(state.scheduler.slots) - busy, "slots_processing": busy}
 
@@ -105,7 +108,7 @@ def create_app(state):
     @app.post("/slots/{id_slot}")
     async def slot_action(id_slot: str, request: Request, action: str = ""):
         body = await ready_body(request, allow_empty=True)
-        if not id_slot.isdigit() or int(id_slot) >= state.n_parallel:
+        if not re.fullmatch(r"[0-9]{1,9}", id_slot) or int(id_slot) >= state.n_parallel:  # "²".isdigit() too
             raise invalid(f"no slot '{id_slot[:20]}' (0..{state.n_parallel - 1})", "id_slot")
         index = int(id_slot)
         from .scheduler import Job
@@ -262,7 +265,7 @@ def web_page() -> str:
 
 
 async def read_json(request, allow_empty: bool = False) -> dict:
-    """The body as a JSON object: 413 past MAX_BODY, 400 for bad UTF-8, bad JSON or not an object."""
+    """The body as a JSON object: 413 past MAX_BODY; validate.parse_body says what else is a 400."""
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > MAX_BODY:
         raise APIError(413, f"the request body is over {MAX_BODY} bytes", code="request_too_large")
@@ -272,22 +275,7 @@ async def read_json(request, allow_empty: bool = False) -> dict:
         if size > MAX_BODY:
             raise APIError(413, f"the request body is over {MAX_BODY} bytes", code="request_too_large")
         chunks.append(chunk)
-    raw = b"".join(chunks)
-    if not raw.strip():
-        if allow_empty:
-            return {}
-        raise invalid("the request body is empty: send a JSON object", code="invalid_json")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise invalid(f"the request body is not valid UTF-8 (byte {e.start})", code="invalid_encoding") from None
-    try:
-        body = json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as e:
-        raise invalid(f"the request body is not valid JSON: {e}", code="invalid_json") from None
-    if not isinstance(body, dict):
-        raise invalid("the request body must be a JSON object", code="invalid_json")
-    return body
+    return parse_body(b"".join(chunks), allow_empty)
 
 
 

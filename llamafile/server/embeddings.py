@@ -118,7 +118,7 @@ async def openai_embeddings(state, request, body: dict) -> dict:
 async def native_embedding(state, request, body: dict) -> list[dict]:
     check_enabled(state)
     pooling = state.option("pooling", None) or "mean"
-    norm = get_integer(body, "embd_normalize", 2, lo=-1)
+    norm = get_integer(body, "embd_normalize", 2, lo=-1, hi=2**31 - 1)  # llama.cpp's is an int32
     content = body.get("content", body.get("input"))
     prompts = await asyncio.to_thread(inputs, state, content, "content")
     vectors = await run(state, request, prompts, pooling, norm)

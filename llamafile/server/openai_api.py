@@ -7,10 +7,10 @@ import time
 from typing import AsyncIterator
 
 from . import runner
-from .prompts import chat_prompt, completion_prompts
+from .prompts import completion_prompts, start_chat
 from .runner import token_piece, collect, error_event, job_events, prepare_jobs, sse, streaming_response, submit, timings, usage
 from .tools import ToolCallStream
-from .validate import get_bool, get_integer, get_messages, get_n, get_object
+from .validate import get_bool, get_integer, get_n, get_object
 
 
 def chat_logprobs(state, probs: list[dict]) -> list[dict]:
@@ -52,11 +52,7 @@ async def chat_completions(state, request, body: dict):
     stream, include_usage = stream_flags(body)
     n = get_n(body, state.n_parallel)
     n_top = chat_logprob_fields(body)
-    messages = get_messages(body)
-    prompt = await asyncio.to_thread(chat_prompt, state, body, messages)
-    jobs = await prepare_jobs(state, body, [prompt.ids], native=False, n=n, logprobs=n_top,
-                              grammar=prompt.grammar(body))
-    events = submit(state, jobs)
+    prompt, jobs, events = await start_chat(state, body, n=n, logprobs=n_top)
     meta = {"id": "chatcmpl-" + secrets.token_hex(12), "object": "chat.completion", "created": int(time.time()),
             "model": state.model_name(body), "system_fingerprint": "llamafile"}
     per_token = get_bool(body, "timings_per_token", False)

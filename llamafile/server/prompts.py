@@ -2,10 +2,13 @@
 continue_final_message), completion prompts (text, token ids, mixed, several), fill-in-the-middle."""
 from __future__ import annotations
 
+import asyncio
+
 from ..chat import ChatTemplateError, render_chat
 from . import tools as tool_calls
 from .errors import invalid
-from .validate import get_bool, get_tool_choice, get_tools, is_integer
+from .runner import prepare_jobs, submit
+from .validate import get_bool, get_messages, get_tool_choice, get_tools, is_integer
 
 
 class ChatPrompt:
@@ -181,3 +184,11 @@ def infill_prompt(state, body: dict) -> list[int]:
     ids += [fim["suf"]] + tokenize(parts["input_suffix"])
     ids += [fim["mid"]] + tokenize(parts["prompt"])
     return ids
+
+
+async def start_chat(state, chat: dict, **options):
+    """A chat request (OpenAI's form) -> (its prompt, rendered off the event loop; its jobs; their events,
+    submitted). options go to prepare_jobs (n, logprobs)."""
+    prompt = await asyncio.to_thread(chat_prompt, state, chat, get_messages(chat))
+    jobs = await prepare_jobs(state, chat, [prompt.ids], native=False, grammar=prompt.grammar(chat), **options)
+    return prompt, jobs, submit(state, jobs)

@@ -2,15 +2,14 @@
 and jobs: input items become chat messages, function tools become chat tools."""
 from __future__ import annotations
 
-import asyncio
 import secrets
 import time
 
 from .errors import invalid
-from .prompts import chat_prompt
-from .runner import collect, error_event, job_events, prepare_jobs, sse, streaming_response, submit
+from .prompts import start_chat
+from .runner import collect, error_event, job_events, sse, streaming_response
 from .tools import ToolCallStream
-from .validate import get_bool, get_messages, get_string, message_text
+from .validate import get_bool, get_string, message_text
 
 
 def to_chat(body: dict) -> dict:
@@ -95,10 +94,7 @@ def response_object(meta: dict, status: str, output: list, r=None) -> dict:
 async def responses(state, request, body: dict):
     stream = get_bool(body, "stream", False)
     chat = to_chat(body)
-    msgs = get_messages(chat)
-    prompt = await asyncio.to_thread(chat_prompt, state, chat, msgs)
-    jobs = await prepare_jobs(state, chat, [prompt.ids], native=False, grammar=prompt.grammar(chat))
-    events = submit(state, jobs)
+    prompt, jobs, events = await start_chat(state, chat)
     meta = {"id": "resp_" + secrets.token_hex(12), "object": "response", "created_at": int(time.time()),
             "model": state.model_name(body), "parallel_tool_calls": True, "tool_choice": "auto", "tools": [],
             "temperature": chat.get("temperature"), "top_p": chat.get("top_p"),

@@ -20,7 +20,9 @@ def bind(host: str, port: int, say=lambda message: print(message, file=sys.stder
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     last_error = None
     for candidate in ([0] if port == 0 else range(port, min(port + PORT_ATTEMPTS, 65536))):
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        # proto IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY on the accepted connections only then (else
+        # every reply after the first on a kept connection waits ~40 ms for the client's delayed ACK)
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         if os.name != "nt":  # on Windows SO_REUSEADDR would let two servers share a port
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if family == socket.AF_INET6:

@@ -101,8 +101,10 @@ class Probe:
             k = min(max(self.n_top, 1), len(x))
             top_ids = np.argpartition(-x, k - 1)[:k]
             top_ids = top_ids[np.lexsort((top_ids, -x[top_ids]))][: self.n_top]
+            # tokens a grammar masked (Constrained's second draw) have -inf: not alternatives, and not JSON
             self.records.append({"id": token, "logprob": float(x[token] - logz),
-                                 "top": [(int(i), float(x[i] - logz)) for i in top_ids], "post": False})
+                                 "top": [(int(i), float(x[i] - logz)) for i in top_ids if np.isfinite(x[i])],
+                                 "post": False})
         return token
 
     def take(self) -> list[dict]:
@@ -142,8 +144,8 @@ class Slot:
         job = self.job
         if job.task is not None:
             value = job.task(self)
+            self.job = None  # free before the client hears of it: its next request may ask for this slot
             job.emit(Event("done", index=job.index, result=Result("stop", 0, 0, slot=self.index, value=value)))
-            self.job = None
             return
         gen = self.gen
         text = gen.step()
@@ -164,11 +166,12 @@ class Slot:
     def finish(self) -> None:
         job, gen, now = self.job, self.gen, time.perf_counter()
         first = self.t_first or now
-        job.emit(Event("done", index=job.index, result=Result(
+        result = Result(
             finish_reason=gen.finish_reason, n_prompt=len(job.prompt_ids), n_generated=gen.n_generated,
             stopping_word=gen.stopping_word, eog=gen.eog, n_cached=self.n_cached, slot=self.index,
-            prompt_ms=(first - self.t_start) * 1e3, predicted_ms=(now - first) * 1e3, tokens=list(gen.generated))))
-        self.release()
+            prompt_ms=(first - self.t_start) * 1e3, predicted_ms=(now - first) * 1e3, tokens=list(gen.generated))
+        self.release()  # before the client hears of it: its next request may ask for this slot (/slots/N: 409)
+        job.emit(Event("done", index=job.index, result=result))
 
     def release(self) -> None:
         if self.job is not None and self.job.task is None:
@@ -190,8 +193,9 @@ class Scheduler:
 
     def __init__(self, load_slots: Callable[[], list], max_queue: int,
                  on_ready: Callable[[], None] = lambda: None,
-                 on_error: Callable[[BaseException], None] = lambda e: None):
-        self.load_slots, self.max_queue = load_slots, max_queue
+                 on_error: Callable[[BaseException], None] = lambda e: None,
+                 check: Callable[[], None] = lambda: None):
+        self.load_slots, self.max_queue, self.check = load_slots, max_queue, check
         self.on_ready, self.on_error = on_ready, on_error
         self.slots: list[Slot] = []
         self.waiting: deque[Job] = deque()
@@ -248,12 +252,18 @@ class Scheduler:
                 if self.stopping:
                     break
                 busy = [s for s in self.slots if s.job is not None]
+            try:
+                self.check()  # e.g. the model file is still whole (State.check_model_file)
+            except Exception as e:
+                self._end_all(e)
+                continue
             for slot in busy:
                 self._step(slot)
         self._end_all()
 
-    def _end_all(self) -> None:
-        """The server stops: every job still running or waiting ends with an error event."""
+    def _end_all(self, error: Exception | None = None) -> None:
+        """Every job still running or waiting ends with an error event: the server stops (or the check
+        before a turn failed)."""
         with self.cond:
             jobs, self.waiting = list(self.waiting), deque()
         for slot in self.slots:
@@ -261,7 +271,7 @@ class Scheduler:
                 jobs.append(slot.job)
                 slot.release()
         for job in jobs:
-            job.emit(Event("error", error=shutting_down(), index=job.index))
+            job.emit(Event("error", error=error or shutting_down(), index=job.index))
 
     def _assign(self) -> bool:
         """Move waiting jobs into free slots (the asked-for one, else the one already holding the

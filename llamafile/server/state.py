@@ -72,13 +72,14 @@ class State:
         self.status, self.error = "loading", None
         self.created = int(time.time())
         self.model = None
+        self.guard = None  # the mapped file's identity, checked before each request and turn (mapping.py)
         self.template, self.bos, self.eos = None, "", ""
         self.metrics = Metrics()
         self.ready = threading.Event()
         self.on_ready: Callable[[], None] = lambda: None
         self.on_error: Callable[[BaseException], None] = lambda e: None
         self.scheduler = Scheduler(self._load_slots, getattr(args, "queue", 16),
-                                   on_ready=self._ready, on_error=self._failed)
+                                   on_ready=self._ready, on_error=self._failed, check=self.check_model_file)
 
     def _load_slots(self) -> list:
         """On the worker thread: the model, more contexts on the same mapping, and a warm-up
@@ -89,6 +90,12 @@ class State:
         from weights.gguf import GGUFFile
         cpu.set_threads(getattr(self.args, "threads", None))  # numba's thread count is per thread
         gguf = GGUFFile(self.model_path)
+        from .mapping import FileGuard, install_sigbus_message
+        self.guard = FileGuard(self.model_path, gguf.offset + len(gguf.map))
+        try:
+            install_sigbus_message(self.model_path)
+        except Exception:  # only a better last word on SIGBUS: serving goes on without it
+            pass
         total = getattr(self.args, "ctx_size", 0) or int(gguf.get(f"{gguf.get('general.architecture')}.context_length")
                                                          or DEFAULT_N_CTX)
         per_slot = max(total // self.n_parallel, 16)
@@ -118,6 +125,12 @@ class State:
             raise APIError(503, "Loading model", code="model_loading", type="unavailable_error")
         if self.status != "ok":
             raise APIError(500, f"the model failed to load: {self.error}", code="model_error", type="server_error")
+        self.check_model_file()
+
+    def check_model_file(self) -> None:
+        """A 503 once the mapped model file was truncated or changed on disk (mapping.FileGuard)."""
+        if self.guard is not None:
+            self.guard.check()
 
     def model_name(self, body: dict) -> str:
         """The name a reply reports. With one model loaded any name is served (llama-server's rule)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Callable
 
 from ..sampling import SamplingParams
@@ -29,6 +30,43 @@ def _short(v) -> str:
         return repr(v)[:40]
 
 
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not JSON")
+
+
+LONE_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")  # \ud800..\udfff: half of a UTF-16 pair, maybe alone
+
+
+def parse_body(raw: bytes, allow_empty: bool = False) -> dict:
+    """A request body as a JSON object, or a 400: empty (unless allowed), not UTF-8, not JSON (NaN and
+    Infinity included, as JSON itself has them not), numbers of more digits than Python converts,
+    strings holding a lone UTF-16 surrogate (no text can encode it), or not an object."""
+    if not raw.strip():
+        if allow_empty:
+            return {}
+        raise invalid("the request body is empty: send a JSON object", code="invalid_json")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise invalid(f"the request body is not valid UTF-8 (byte {e.start})", code="invalid_encoding") from None
+    try:
+        body = json.loads(text, parse_constant=_no_constant)
+    except (ValueError, RecursionError) as e:  # JSONDecodeError is a ValueError, as are too long integers
+        reason = "nested too deep" if isinstance(e, RecursionError) else str(e).split("; use")[0][:100]
+        raise invalid(f"the request body is not valid JSON: {reason}", code="invalid_json") from None
+    if LONE_SURROGATE_ESCAPE.search(text):
+        try:
+            json.dumps(body, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise invalid(f"the request body holds a lone UTF-16 surrogate ({e.object[e.start]!r}), which is "
+                          "not a character", code="invalid_encoding") from None
+        except RecursionError:
+            raise invalid("the request body is not valid JSON: nested too deep", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise invalid("the request body must be a JSON object", code="invalid_json")
+    return body
+
+
 def typed(body: dict, name: str, is_kind, kind: str):
     """body[name], None when absent or null; a 400 when it is not of the kind asked for."""
     v = body.get(name)
@@ -38,12 +76,17 @@ def typed(body: dict, name: str, is_kind, kind: str):
 
 
 def get_number(body: dict, name: str, default, lo: float | None = None, hi: float | None = None):
+    """A finite number in [lo, hi] (an integer too large for a float is out of range, not an OverflowError)."""
     v = typed(body, name, is_number, "a number")
     if v is None:
         return default
-    if not ((lo is None or v >= lo) and (hi is None or v <= hi)) or math.isnan(v):
-        raise invalid(f"'{name}' must be between {lo} and {hi}, not {v}", name)
-    return float(v)
+    try:
+        x = float(v)
+    except OverflowError:
+        x = math.inf if v > 0 else -math.inf
+    if not ((lo is None or x >= lo) and (hi is None or x <= hi)) or not math.isfinite(x):
+        raise invalid(f"'{name}' must be a finite number between {lo} and {hi}, not {_short(v)}", name)
+    return x
 
 
 def get_integer(body: dict, name: str, default, lo: int | None = None, hi: int | None = None):
@@ -52,7 +95,7 @@ def get_integer(body: dict, name: str, default, lo: int | None = None, hi: int |
         return default
     if (lo is not None and v < lo) or (hi is not None and v > hi):
         bound = f"at least {lo}" if hi is None else f"between {lo} and {hi}"
-        raise invalid(f"'{name}' must be {bound}, not {int(v)}", name)
+        raise invalid(f"'{name}' must be {bound}, not {_short(v)}", name)
     return int(v)
 
 
@@ -143,7 +186,7 @@ def get_logit_bias(body: dict, n_vocab: int, tokenize: Callable[[str], list[int]
         else:
             raise invalid(f"'logit_bias' entry {_short(key)}: the bias must be a number or false, not {_short(bias)}",
                           "logit_bias")
-        if is_integer(key) or (isinstance(key, str) and key.strip().lstrip("-").isdigit()):
+        if is_integer(key) or (isinstance(key, str) and re.fullmatch(r"-?[0-9]+", key.strip())):  # "²" is text
             ids = [int(key)]
         elif isinstance(key, str) and key and tokenize is not None:
             ids = tokenize(key)
