@@ -112,45 +112,63 @@ def attention(q, k, v, start, scores, out, scale=0.0, window=0, softcap=0.0, sin
     """Causal grouped-query attention over the KV cache.
 
     q: (n, heads, hd) at positions start..start+n-1; k, v: (>= start+n, kv_heads, hd), float32 or
-    uint16 halves (the cache); scores: scratch (heads, >= start+n); out: (n, heads, hd). One
-    thread per head. scale: of the scores (0: 1/sqrt(hd)); window > 0: a query at position i sees
-    only keys i - window + 1 .. i (sliding-window layers, llama.cpp's LLAMA_SWA_TYPE_STANDARD);
-    softcap > 0: scores become softcap * tanh(score / softcap) (Gemma 2); sinks (heads,): a logit per head
-    that joins the softmax's denominator only (gpt-oss's attention sinks).
+    uint16 halves (the cache); scores: scratch (heads, >= start+n); out: (n, heads, hd). scale: of the
+    scores (0: 1/sqrt(hd)); window > 0: a query at position i sees only keys i - window + 1 .. i
+    (sliding-window layers, llama.cpp's LLAMA_SWA_TYPE_STANDARD); softcap > 0: scores become
+    softcap * tanh(score / softcap) (Gemma 2); sinks (heads,): a logit per head that joins the
+    softmax's denominator only (gpt-oss's attention sinks).
+
+    A work item is up to simd.HEADS_AT_ONCE query heads of one KV head (where hd is a multiple of 16):
+    they read and convert each key and value row once (simd.heads_scores, simd.heads_weighted_sum);
+    otherwise one head, with plain loops. Either way each head's sums run in one fixed order.
     """
     n, heads, hd = q.shape
     group = heads // k.shape[1]
     scale = np.float32(1.0 / np.sqrt(hd)) if scale == 0.0 else np.float32(scale)
     cap = np.float32(softcap)
     inv_cap = np.float32(1.0) / cap if softcap > 0.0 else np.float32(0.0)
-    for h in prange(heads):
-        kvh = h // group
-        s = scores[h]
+    together = simd.HEADS_AT_ONCE if hd % 16 == 0 else 1
+    per_kv = (group + together - 1) // together                 # work items per KV head
+    for item in prange(k.shape[1] * per_kv):
+        kvh = item // per_kv
+        h0 = kvh * group + item % per_kv * together
+        count = min(together, kvh * group + group - h0)
         for t in range(n):
             length = start + t + 1
             first = max(0, length - window) if window > 0 else 0
-            top = np.float32(-np.inf)
-            for p in range(first, length):
-                dot = np.float32(0.0)
+            if together > 1:
+                simd.heads_scores(scores, q[t], h0, count, first, length, k, kvh, scale)
+            else:
+                for p in range(first, length):
+                    dot = np.float32(0.0)
+                    for j in range(hd):
+                        dot += q[t, h0, j] * simd.as_float(k[p, kvh, j])
+                    scores[h0, p] = dot * scale
+            for h in range(h0, h0 + count):
+                s = scores[h]
+                top = np.float32(-np.inf)
+                for p in range(first, length):
+                    if softcap > 0.0:
+                        s[p] = cap * np.tanh(s[p] * inv_cap)
+                    top = max(top, s[p])
+                total = np.float32(0.0)
+                if sinks is not None:
+                    top = max(top, sinks[h])
+                    total = exp(sinks[h] - top)
+                for p in range(first, length):
+                    s[p] = exp(s[p] - top)
+                    total += s[p]
+                for p in range(first, length):
+                    s[p] = s[p] / total
+            if together > 1:
+                simd.heads_weighted_sum(out[t], scores, h0, count, first, length, v, kvh)
+            else:
                 for j in range(hd):
-                    dot += q[t, h, j] * simd.as_float(k[p, kvh, j])
-                s[p] = dot * scale
-                if softcap > 0.0:
-                    s[p] = cap * np.tanh(s[p] * inv_cap)
-                top = max(top, s[p])
-            total = np.float32(0.0)
-            if sinks is not None:
-                top = max(top, sinks[h])
-                total = exp(sinks[h] - top)
-            for p in range(first, length):
-                s[p] = exp(s[p] - top)
-                total += s[p]
-            for j in range(hd):
-                out[t, h, j] = 0.0
-            for p in range(first, length):
-                w = s[p] / total
-                for j in range(hd):
-                    out[t, h, j] += w * simd.as_float(v[p, kvh, j])
+                    out[t, h0, j] = 0.0
+                for p in range(first, length):
+                    w = scores[h0, p]
+                    for j in range(hd):
+                        out[t, h0, j] += w * simd.as_float(v[p, kvh, j])
 
 
 QUERY_BLOCK = 16  # queries per work item of attention_blocked: one float32 lane each in a 512-bit register

@@ -573,6 +573,107 @@ def rows_weighted_sum(typingctx, ot, j0, s, keys, v, kvh):
     return types.none(ot, types.intp, s, types.intp, v, types.intp), codegen
 
 
+# --- grouped-query attention, decoding: the query heads that share a KV head together ---------
+
+HEADS_AT_ONCE = 4  # heads_weighted_sum: query heads per call
+
+
+def _kv_chunk(context, builder, aty, arr, p, kvh, c):
+    """arr[p, kvh, 16c : 16c + 16] of a (keys, kv_heads, hd) cache array as <16 x float> (halves converted
+    16 at a time)."""
+    ary = context.make_array(aty)(context, builder, arr)
+    s0, s1, _ = cgutils.unpack_tuple(builder, ary.strides)
+    width = 2 if aty.dtype == types.uint16 else 4
+    offset = builder.add(builder.add(builder.mul(p, s0), builder.mul(kvh, s1)), builder.mul(c, ir.Constant(c.type, 16 * width)))
+    ptr = builder.gep(builder.bitcast(ary.data, I8.as_pointer()), [offset])
+    if aty.dtype == types.uint16:
+        return half_bits_to_float(builder, builder.load(builder.bitcast(ptr, vec(I16, 16).as_pointer()), align=2))
+    return builder.load(builder.bitcast(ptr, LANES16.as_pointer()), align=4)
+
+
+def _row_of(context, builder, aty, arr, row):
+    """Pointer to arr[row, 0] of a 2-D float32 array."""
+    ary = context.make_array(aty)(context, builder, arr)
+    p = builder.gep(builder.bitcast(ary.data, I8.as_pointer()), [builder.mul(row, cgutils.unpack_tuple(builder, ary.strides)[0])])
+    return builder.bitcast(p, F32.as_pointer())
+
+
+@intrinsic
+def heads_weighted_sum(typingctx, out, s, h0, count, first, length, v, kvh):
+    """out[h, :] = sum_{first <= p < length} s[h, p] v[p, kvh, :] for h = h0 .. h0+count-1,
+    count <= HEADS_AT_ONCE: query heads that share a KV head (grouped-query attention) read and convert
+    each value row once, 16 dimensions at a time, an accumulator per head in registers.
+    out: (heads, hd) float32, hd a multiple of 16; s: (heads, >= length) float32; v: the cache."""
+    def codegen(context, builder, sig, args):
+        out, s, h0, count, first, length, v, kvh = args
+        out_ty, s_ty, v_ty = sig.args[0], sig.args[1], sig.args[6]
+        hd = cgutils.unpack_tuple(builder, context.make_array(out_ty)(context, builder, out).shape)[1]
+        last = builder.sub(builder.add(h0, count), ir.Constant(h0.type, 1))
+        heads = [builder.select(builder.icmp_signed("<", ir.Constant(h0.type, g), count),
+                                builder.add(h0, ir.Constant(h0.type, g)), last) for g in range(HEADS_AT_ONCE)]
+        weights = [_row_of(context, builder, s_ty, s, h) for h in heads]   # extra slots repeat the last head
+        with cgutils.for_range(builder, builder.udiv(hd, ir.Constant(hd.type, 16))) as chunk:
+            c = chunk.index
+            accs = [cgutils.alloca_once_value(builder, ir.Constant(LANES16, None)) for _ in range(HEADS_AT_ONCE)]
+            with cgutils.for_range_slice(builder, first, length, ir.Constant(first.type, 1)) as (p, _):
+                x = _kv_chunk(context, builder, v_ty, v, p, kvh, c)
+                for w, acc in zip(weights, accs):
+                    w_p = _splat(builder, builder.load(builder.gep(w, [p])), 16)
+                    builder.store(_call_intrinsic(builder, "llvm.fma.v16f32", LANES16, [w_p, x, builder.load(acc)]), acc)
+            for g, (h, acc) in enumerate(zip(heads, accs)):
+                with cgutils.if_likely(builder, builder.icmp_signed("<", ir.Constant(h0.type, g), count)):
+                    dst = builder.gep(_row_of(context, builder, out_ty, out, h), [builder.mul(c, ir.Constant(c.type, 16))])
+                    builder.store(builder.load(acc), builder.bitcast(dst, LANES16.as_pointer()), align=4)
+        return context.get_dummy_value()
+    return types.none(out, s, types.intp, types.intp, types.intp, types.intp, v, types.intp), codegen
+
+
+def _sums_of_four(builder, vs):
+    """Four <16 x float> -> <16 x float> whose lanes 4g hold sum(vs[g]): pairs of rows halve their lanes
+    (a shuffle of each half and an add) until each row has four, then two folds within the groups."""
+    def fold(a, b, width):  # rows of `width` lanes in a and b -> rows of width/2: a's rows, then b's
+        rows = 16 // width
+        lo = [r * width + i for r in range(rows) for i in range(width // 2)]
+        hi = [r * width + width // 2 + i for r in range(rows) for i in range(width // 2)]
+        pick = lambda lanes: builder.shuffle_vector(a, b, ir.Constant(vec(I32, 16), lanes + [16 + i for i in lanes]))  # noqa: E731
+        return builder.fadd(pick(lo), pick(hi))
+    two = [fold(vs[0], vs[1], 16), fold(vs[2], vs[3], 16)]      # rows of 8 lanes
+    four = fold(two[0], two[1], 8)                              # four rows of 4 lanes
+    for shift in (2, 1):
+        moved = builder.shuffle_vector(four, four, ir.Constant(vec(I32, 16), [(i + shift) % 16 for i in range(16)]))
+        four = builder.fadd(four, moved)                        # lane 4g: its row's sum
+    return four
+
+
+@intrinsic
+def heads_scores(typingctx, s, q, h0, count, first, length, k, kvh, scale):
+    """s[h, p] = scale * sum_j q[h, j] k[p, kvh, j] for first <= p < length and h = h0 .. h0+count-1,
+    count <= HEADS_AT_ONCE: query heads that share a KV head read and convert each key once; the four
+    heads' sums are reduced together (_sums_of_four). q: (heads, hd) float32, hd a multiple of 16."""
+    def codegen(context, builder, sig, args):
+        s, q, h0, count, first, length, k, kvh, scale = args
+        s_ty, q_ty, k_ty = sig.args[0], sig.args[1], sig.args[6]
+        hd = cgutils.unpack_tuple(builder, context.make_array(q_ty)(context, builder, q).shape)[1]
+        last = builder.sub(builder.add(h0, count), ir.Constant(h0.type, 1))
+        heads = [builder.select(builder.icmp_signed("<", ir.Constant(h0.type, g), count),
+                                builder.add(h0, ir.Constant(h0.type, g)), last) for g in range(HEADS_AT_ONCE)]
+        queries = [_row_of(context, builder, q_ty, q, h) for h in heads]
+        rows = [_row_of(context, builder, s_ty, s, h) for h in heads]
+        chunks = builder.udiv(hd, ir.Constant(hd.type, 16))
+        with cgutils.for_range_slice(builder, first, length, ir.Constant(first.type, 1)) as (p, _):
+            accs = [cgutils.alloca_once_value(builder, ir.Constant(LANES16, None)) for _ in range(HEADS_AT_ONCE)]
+            with cgutils.for_range(builder, chunks) as chunk:
+                x = _kv_chunk(context, builder, k_ty, k, p, kvh, chunk.index)
+                for qp, acc in zip(queries, accs):
+                    qv = _load_vec(builder, qp, chunk.index, 16, LANES16)
+                    builder.store(_call_intrinsic(builder, "llvm.fma.v16f32", LANES16, [qv, x, builder.load(acc)]), acc)
+            sums = builder.fmul(_sums_of_four(builder, [builder.load(a) for a in accs]), _splat(builder, scale, 16))
+            for g, row in enumerate(rows):   # the repeated last head stores the same value again: harmless
+                builder.store(builder.extract_element(sums, ir.Constant(I32, 4 * g)), builder.gep(row, [p]))
+        return context.get_dummy_value()
+    return types.none(s, q, types.intp, types.intp, types.intp, types.intp, k, types.intp, types.float32), codegen
+
+
 @intrinsic
 def row_scores(typingctx, s, p, qt, k, kvh):
     """s[p, :16] = sum_j qt[j, :16] * k[p, kvh, j] over j < qt.shape[0] (a multiple of 4):
