@@ -22,7 +22,7 @@ from numba.extending import intrinsic, overload
 
 from . import panels, quant, simd
 from .blocks import FORMATS
-from .ops import renamed
+from .ops import SERIAL_BELOW, renamed
 
 ROWS_PER_TILE = 16  # rows one thread takes at a time: the tile's weights stay in L1 across tokens
 PANEL_MIN = 16      # tokens: from here on quantised matmuls use kernels.panels where the CPU has VNNI
@@ -91,8 +91,11 @@ def quantize_q8_k(x, xq, xd, xs, xsum4):
 
 
 quantize_q8_k_serial = njit(cache=True, error_model="numpy")(renamed(quantize_q8_k.py_func, "_serial"))
-# How each kind of activations is made (kernels.blocks.Decoder.activations names the kind a format takes).
+# How each kind of activations is made (kernels.blocks.Decoder.activations names the kind a format takes),
+# in parallel for a batch, on the calling thread for a token or two (as kernels.ops' row-wise kernels): the
+# same arithmetic, and decoding then never needs the parallel build, the slowest of them to compile.
 QUANTIZE = {"q8_0": quantize_q8, "q8_k": quantize_q8_k}
+QUANTIZE_SERIAL = {"q8_0": quantize_q8_serial, "q8_k": quantize_q8_k_serial}
 
 
 def _quant_matmul(code, R, T):
@@ -240,7 +243,7 @@ class Q8Activations:
         kind: "q8_0" (per 32) or "q8_k" (per 256, for K-quants), as llama.cpp pairs them with weights."""
         n = x.shape[0]
         parts = self.q[:n], self.d[:n], self.s[:n], self.sum4[:n]
-        QUANTIZE[kind](x, *parts)
+        (QUANTIZE_SERIAL if n < SERIAL_BELOW else QUANTIZE)[kind](x, *parts)
         self.panels = None
         if self._panels is not None and n >= PANEL_MIN:
             self.panels = tuple(p[: _panel_groups(n)] for p in self._panels)
