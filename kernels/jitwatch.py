@@ -25,9 +25,11 @@ started = 0.0          # when it started (time.monotonic())
 
 
 def kernel_name(dispatcher) -> str:
-    """A short name for a dispatcher's function: `decode_blocks`, `matmul`, ..."""
+    """A short name for a dispatcher's function: `rope_tables`, and for one a factory made, the factory's
+    name too (`quant_matmul.matmul`, `decoder.decode_blocks`)."""
     func = getattr(dispatcher, "py_func", None)
-    return getattr(func, "__name__", None) or str(dispatcher)
+    qualname = getattr(func, "__qualname__", None) or str(dispatcher)
+    return ".".join(part.lstrip("_") for part in qualname.split(".") if part != "<locals>")
 
 
 def _notify(what: str, name: str, elapsed: float) -> None:
