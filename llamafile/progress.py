@@ -91,14 +91,17 @@ class _Display:
                 self._draw(self.line(tick))
             tick += 1
 
-    def close(self) -> None:
+    def close(self, stopped: bool = False) -> None:
+        """End the display; stopped: the body raised (e.g. Ctrl-C), so the compiling did not finish."""
         self.stop.set()
         if self.thread is not None:
             self.thread.join()
         if self.start is None:
             return
-        summary = (f"{self.prefix}compiled {self.done} kernel{'s' * (self.done != 1)} in "
-                   f"{time.monotonic() - self.start:.1f} s; later runs load them from the cache")
+        kernels = f"{self.done} kernel{'s' * (self.done != 1)}"
+        seconds = time.monotonic() - self.start
+        summary = (f"{self.prefix}stopped after compiling {kernels} in {seconds:.1f} s" if stopped else
+                   f"{self.prefix}compiled {kernels} in {seconds:.1f} s; later runs load them from the cache")
         if self.live:
             self._draw(summary)
             self.write("\n")
@@ -146,15 +149,17 @@ def compile_notice(stream=None, prefix: str = "llamafile: ", live: bool | None =
         if _display is None:
             _display = _Display(stream or sys.stderr, prefix, live)
             _unsubscribe = jitwatch.subscribe(_display.on_compile)
+    stopped = True
     try:
         yield
+        stopped = False
     finally:
         with _lock:
             _users -= 1
             if _users == 0:
                 display, _display = _display, None
                 _unsubscribe()
-                display.close()
+                display.close(stopped)
 
 
 def status() -> dict | None:

@@ -50,6 +50,16 @@ def test_notice_on_a_terminal_is_one_line_redrawn():
     assert line.count("\n") == 1  # the summary replaced the spinner on its line
 
 
+def test_interrupted_compile_is_not_called_done():
+    out = io.StringIO()
+    with pytest.raises(KeyboardInterrupt):
+        with progress.compile_notice(out, live=False):
+            fresh_kernel()(1)
+            raise KeyboardInterrupt
+    assert "stopped after compiling 1 kernel in" in out.getvalue()
+    assert "later runs load them" not in out.getvalue()
+
+
 def test_nested_notices_share_one_display():
     out, other = io.StringIO(), io.StringIO()
     with progress.compile_notice(out, live=False):
