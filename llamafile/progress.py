@@ -41,6 +41,7 @@ class _Display:
         self.stream, self.prefix = stream, prefix
         self.live = _is_terminal(stream) if live is None else live
         self.spinner = SPINNER if _can_write(stream, SPINNER) else SPINNER_ASCII
+        self.dash = "—" if _can_write(stream, "—") else "-"  # a console whose code page lacks them
         self.lock = threading.Lock()
         self.start: float | None = None      # when the first kernel started compiling
         self.done = 0                         # kernels compiled since then
@@ -60,7 +61,7 @@ class _Display:
         with self.lock:
             if self.start is None:
                 self.start = time.monotonic()
-                self.write(f"{self.prefix}compiling kernels for {level()} — first run only\n")
+                self.write(f"{self.prefix}compiling kernels for {level()} {self.dash} first run only\n")
                 if self.live:
                     self.thread = threading.Thread(target=self._spin, name="llamafile-compile-notice", daemon=True)
                     self.thread.start()
@@ -125,8 +126,11 @@ def _is_terminal(stream) -> bool:
 
 
 def _can_write(stream, text: str) -> bool:
+    encoding = getattr(stream, "encoding", None)
+    if not encoding:  # e.g. io.StringIO: any text
+        return True
     try:
-        text.encode(getattr(stream, "encoding", None) or "ascii")
+        text.encode(encoding)
         return True
     except (UnicodeEncodeError, LookupError):
         return False

@@ -40,6 +40,15 @@ def test_notice_only_when_something_compiles():
     assert out.getvalue() == ""
 
 
+def test_notice_on_a_console_without_unicode_is_ascii():
+    out = io.TextIOWrapper(io.BytesIO(), encoding="cp437", write_through=True)
+    with progress.compile_notice(out, live=True):
+        fresh_kernel()(1)
+    text = out.buffer.getvalue().decode("cp437")
+    assert f"compiling kernels for {progress.level()} - first run only" in text
+    assert "later runs load them from the cache" in text
+
+
 def test_notice_on_a_terminal_is_one_line_redrawn():
     out = io.StringIO()
     with progress.compile_notice(out, live=True):
