@@ -22,7 +22,7 @@ from numba.extending import intrinsic
 
 from . import panels, quant, simd
 from .blocks import FORMATS
-from .ops import renamed
+from .ops import SERIAL_BELOW
 
 ROWS_PER_TILE = 16  # rows one thread takes at a time: the tile's weights stay in L1 across tokens
 PANEL_MIN = 16      # tokens: from here on quantised matmuls use kernels.panels where the CPU has VNNI
@@ -33,8 +33,8 @@ def _round_to_f16(x):
     return simd.half_to_float(simd.float_to_half(x))
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
-def quantize_q8(x, xq, xd, xs, xsum4):
+@njit(cache=True, error_model="numpy")
+def quantize_q8_serial(x, xq, xd, xs, xsum4):
     """x: (n, k) float32 -> xq: (n, k) int8, xd: (n, k/32) scales, xs: (n, k/32) = xd * sum(xq)
     rounded to a half (llama.cpp's q8_1), xsum4: (n, k/4) int32 = sums of 4 adjacent xq (what
     one int32 lane of an integer dot product sums: Q4_0 subtracts 8 times them).
@@ -42,7 +42,7 @@ def quantize_q8(x, xq, xd, xs, xsum4):
     llama.cpp's q8_0/q8_1 activations: d = max|x| / 127 stored as f16, q = round(x / d).
     """
     n, k = x.shape
-    for t in prange(n):
+    for t in range(n):
         for b in range(k // 32):
             amax = np.float32(0.0)
             for j in range(b * 32, b * 32 + 32):
@@ -60,17 +60,13 @@ def quantize_q8(x, xq, xd, xs, xsum4):
             xs[t, b] = _round_to_f16(d * np.float32(total))
 
 
-# The same, on the calling thread: one token's activations (a parallel region costs more).
-quantize_q8_serial = njit(cache=True, error_model="numpy")(renamed(quantize_q8.py_func, "_serial"))
-
-
-@njit(cache=True, parallel=True, error_model="numpy")
-def quantize_q8_k(x, xq, xd, xs, xsum4):
-    """As quantize_q8, the way llama.cpp quantises activations for K-quant weights (q8_K): one scale
+@njit(cache=True, error_model="numpy")
+def quantize_q8_k_serial(x, xq, xd, xs, xsum4):
+    """As quantize_q8_serial, the way llama.cpp quantises activations for K-quant weights (q8_K): one scale
     per 256, d = max / -127 for the x of largest magnitude (float32, not a half), q = round(x / d) capped
     at 127. xd holds d for each of the block's 8 chunks, xs = d * sum(xq) per chunk (exact, not a half)."""
     n, k = x.shape
-    for t in prange(n):
+    for t in range(n):
         for b in range(k // 256):
             amax, top = np.float32(0.0), np.float32(0.0)
             for j in range(b * 256, b * 256 + 256):
@@ -90,9 +86,25 @@ def quantize_q8_k(x, xq, xd, xs, xsum4):
                 xs[t, c] = d * np.float32(total)
 
 
-quantize_q8_k_serial = njit(cache=True, error_model="numpy")(renamed(quantize_q8_k.py_func, "_serial"))
-# How each kind of activations is made (kernels.blocks.Decoder.activations names the kind a format takes).
+# The same with the tokens across threads, for a batch. Each token is the serial kernel called on its
+# row: the same code and results, and a parfor this small compiles in under a second, where one
+# around the loops above took five to seven (the slowest kernel of a first run).
+@njit(cache=True, parallel=True)
+def quantize_q8(x, xq, xd, xs, xsum4):
+    for t in prange(x.shape[0]):
+        quantize_q8_serial(x[t : t + 1], xq[t : t + 1], xd[t : t + 1], xs[t : t + 1], xsum4[t : t + 1])
+
+
+@njit(cache=True, parallel=True)
+def quantize_q8_k(x, xq, xd, xs, xsum4):
+    for t in prange(x.shape[0]):
+        quantize_q8_k_serial(x[t : t + 1], xq[t : t + 1], xd[t : t + 1], xs[t : t + 1], xsum4[t : t + 1])
+
+
+# How each kind of activations is made (kernels.blocks.Decoder.activations names the kind a format takes),
+# in parallel for a batch, on the calling thread for a token or two (as kernels.ops' row-wise kernels).
 QUANTIZE = {"q8_0": quantize_q8, "q8_k": quantize_q8_k}
+QUANTIZE_SERIAL = {"q8_0": quantize_q8_serial, "q8_k": quantize_q8_k_serial}
 
 
 def _quant_matmul(code, R, T):
@@ -256,7 +268,7 @@ class Q8Activations:
         kind: "q8_0" (per 32) or "q8_k" (per 256, for K-quants), as llama.cpp pairs them with weights."""
         n = x.shape[0]
         parts = self.q[:n], self.d[:n], self.s[:n], self.sum4[:n]
-        QUANTIZE[kind](x, *parts)
+        (QUANTIZE_SERIAL if n < SERIAL_BELOW else QUANTIZE)[kind](x, *parts)
         self.panels = None
         if self._panels is not None and n >= PANEL_MIN:
             self.panels = tuple(p[: _panel_groups(n)] for p in self._panels)

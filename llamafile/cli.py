@@ -235,12 +235,14 @@ def banner(model, threads: int) -> str:
 
 
 class Timer:
-    """Prompt and generation timings, printed the way llama.cpp prints them."""
+    """Prompt and generation timings, printed the way llama.cpp prints them. Loading (the model and
+    the warm-up that compiles or loads the kernels) is its own line, never part of prompt evaluation."""
 
-    def __init__(self):
+    def __init__(self, load_ms: float = 0.0):
         self.start = time.perf_counter()
         self.first = None
         self.n_prompt = self.n_gen = 0
+        self.load_ms = load_ms
 
     def token(self):
         if self.first is None:
@@ -250,7 +252,7 @@ class Timer:
     def report(self) -> str:
         end = time.perf_counter()
         first = self.first or end
-        lines = []
+        lines = [f"llamafile: {'load time':>16} = {self.load_ms:10.2f} ms"]
         for label, ms, n, unit in (("prompt eval time", (first - self.start) * 1e3, self.n_prompt, "tokens"),
                                    ("eval time", (end - first) * 1e3, max(self.n_gen - 1, 0), "runs")):
             per = ms / n if n else 0.0
@@ -260,8 +262,10 @@ class Timer:
         return "\n".join(lines)
 
 
-def complete(model, args, prompt: str) -> None:
+def complete(model, args, prompt: str, started: float | None = None) -> None:
+    """Complete the prompt to stdout, timings to stderr; started: when loading began (perf_counter)."""
     from .generate import TextGeneration
+    from .progress import compile_notice
 
     ids = model.tokenize(prompt, add_special=True, parse_special=True)
     if not ids:
@@ -269,15 +273,18 @@ def complete(model, args, prompt: str) -> None:
     if len(ids) >= model.n_ctx:
         raise ContextOverflowError(f"the prompt is {len(ids)} tokens, too long for the context of "
                                    f"{model.n_ctx} (use a larger -c)")
+    sampler = sampler_from(args)
+    with compile_notice():  # the kernels this prompt's length takes: a first run compiles them here, said so
+        model.warmup(len(ids), sampler.params)
     out = sys.stdout
     if not args.no_display_prompt:
         out.write(prompt)
         out.flush()
     room = model.n_ctx - len(ids)
     max_tokens = room if args.n_predict < 0 else min(args.n_predict, room)
-    timer = Timer()
+    timer = Timer(load_ms=(time.perf_counter() - started) * 1e3 if started is not None else 0.0)
     timer.n_prompt = len(ids)
-    reply = TextGeneration(model, ids, sampler_from(args), max_tokens, stops=args.reverse_prompt,
+    reply = TextGeneration(model, ids, sampler, max_tokens, stops=args.reverse_prompt,
                            ignore_eos=args.ignore_eos)
     while not reply.done:
         piece = reply.step()
@@ -316,20 +323,24 @@ def run(argv: list[str]) -> int:
         return run_server(args)
     if prompt is None and not args.chat:
         return chat_with_server(args)
+    started = time.perf_counter()
     model, threads = load_model(args)
     if prompt is None:
         return chat_in_terminal(model, threads, args)
     if args.verbose:
         print(banner(model, threads), file=sys.stderr)
-    complete(model, args, prompt)
+    complete(model, args, prompt, started)
     return 0
 
 
 def chat_in_terminal(model, threads: int, args) -> int:
+    from .progress import compile_notice
     from .repl import chat
     print(banner(model, threads), file=sys.stderr)
-    model.warmup()  # Ctrl-C must never land in the middle of a first compile
-    chat(model, sampler_from(args), system=args.system, max_reply=args.n_predict)
+    sampler = sampler_from(args)
+    with compile_notice():  # every prompt path, before the first message: Ctrl-C must never land in a first compile
+        model.warmup(sampling=sampler.params)
+    chat(model, sampler, system=args.system, max_reply=args.n_predict)
     return 0
 
 

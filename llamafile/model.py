@@ -19,6 +19,7 @@ from .tokenizers import for_model as tokenizer_for
 
 DEFAULT_N_CTX = 4096
 N_BATCH = 512  # tokens evaluated together; longer prompts go in batches of this size
+WARMUP_TOKENS = 17  # Model.warmup's prompt: a batch of 16, the size from which every batch kernel is taken
 
 
 class Model:
@@ -108,14 +109,26 @@ class Model:
             self.eval(ids[common:-1])
         return self.eval(ids[-1:])
 
-    def warmup(self) -> None:
-        """Evaluate a few tokens and forget them, so the kernels are compiled or loaded from
-        Numba's cache before anyone waits on them (llama.cpp does the same at load)."""
+    def warmup(self, n_tokens: int = WARMUP_TOKENS, sampling=None) -> None:
+        """Evaluate n_tokens tokens the way a prompt of that length is evaluated (all but the last in
+        one batch, then the last alone) and forget them, so the kernels that path takes are compiled,
+        or loaded from Numba's cache, before anyone waits on them (llama.cpp warms up at load too).
+        WARMUP_TOKENS takes every path a prompt can (panels and blocked attention start at 16 tokens),
+        so a longer prompt warms up as that many; the CLI passes its prompt's length, so a one-token
+        prompt compiles only the one-token path. sampling: SamplingParams whose candidate selection
+        (top-k) is warmed up too."""
         token = self.tokenizer.bos_id or 0
-        self.eval([token] * min(8, self.n_ctx))
+        n = max(1, min(n_tokens, WARMUP_TOKENS, self.n_ctx))
         self.reset()
-        self.eval([token])
-        self.reset()
+        try:
+            if n > 1:
+                self.eval([token] * (n - 1))
+            logits = self.eval([token])
+            if sampling is not None and sampling.temperature > 0:
+                from .sampling import truncate
+                truncate(logits, sampling)
+        finally:
+            self.reset()
 
     def logits(self, ids: Sequence[int]) -> np.ndarray:
         """float32 (len(ids), n_vocab): one evaluation from an empty cache."""

@@ -318,7 +318,8 @@ def run_warmup(exe: Path, cache: Path, runtime_cache: Path, t: dict) -> str:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("NUMBA_", "LLAMAFILE_CPU", "PYTHON"))}
     env.update(t["env"], LLAMAFILE_NUMBA_CACHE=str(cache), LLAMAFILE_CACHE=str(runtime_cache))
     t0 = time.perf_counter()
-    r = subprocess.run([str(exe), "-p", WARMUP_PROMPT, "-n", "4", "--temp", "0", "-c", "256"],
+    # sampled (not greedy), so the sampler's top-k kernel ships too: the chat and the server warm it up
+    r = subprocess.run([str(exe), "-p", WARMUP_PROMPT, "-n", "4", "--temp", "0.8", "-s", "1", "-c", "256"],
                        env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=3600)
     if r.returncode != 0:
         raise RuntimeError(f"warm-up failed for {t['cpu_name']}:\n{r.stderr[-3000:]}")

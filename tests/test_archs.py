@@ -100,6 +100,26 @@ def test_architecture_against_llamacpp(model):
     assert one_by_one <= 1e-4, f"{model}: decoding one by one NMSE {one_by_one:.2e}"
 
 
+@pytest.mark.parametrize("model", [m for m in ARCH_MODELS if m.endswith("-dense")])
+def test_fused_decode_is_the_step_by_step_path(model):
+    """The one-call decode (llamafile.models.fused), compiled with only the steps this architecture uses
+    (copies, biases, per-head LayerNorms, GELU, GeGLU, scales, ...), gives the step-by-step path's logits
+    bit for bit."""
+    m = load(model)
+    ids = records(model)[2]["ids"]
+
+    def decode(fused):
+        m.net.fuse_decode = fused
+        m.reset()
+        m.eval(ids[:2])
+        return np.stack([m.eval([t]).copy() for t in ids[2:8]])
+    try:
+        np.testing.assert_array_equal(decode(True), decode(False))
+        assert m.net._fused is not None, f"{model}: not decoded in one call"
+    finally:
+        m.net.fuse_decode = type(m.net).fuse_decode
+
+
 @pytest.mark.parametrize("family", ["llama", "qwen3"])
 @pytest.mark.parametrize("qtype", QUANT_TYPES)
 def test_quantised_against_llamacpp(family, qtype, q_table):

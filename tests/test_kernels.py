@@ -107,6 +107,22 @@ def test_q8_k_activations_match_llamacpp_rounding():
     np.testing.assert_array_equal(sum4, q.reshape(3, 128, 4).sum(-1, dtype=np.int32))
 
 
+@pytest.mark.parametrize("kind", ["q8_0", "q8_k"])
+def test_q8_activations_serial_and_parallel_agree(kind):
+    """A token or two are quantised on the calling thread, a batch across threads: the same bits."""
+    from kernels.matmul import QUANTIZE, QUANTIZE_SERIAL
+    x = np.random.default_rng(6).standard_normal((9, 512)).astype(np.float32)
+    x[3] = 0
+    outs = []
+    for quantise in (QUANTIZE_SERIAL[kind], QUANTIZE[kind]):
+        parts = (np.empty((9, 512), np.int8), np.empty((9, 16), np.float32), np.empty((9, 16), np.float32),
+                 np.empty((9, 128), np.int32))
+        quantise(x, *parts)
+        outs.append(parts)
+    for serial, parallel in zip(*outs):
+        np.testing.assert_array_equal(serial, parallel)
+
+
 @pytest.mark.parametrize("qtype", [T.Q4_1, T.Q4_K, T.Q6_K], ids=lambda t: t.name)
 @pytest.mark.parametrize("n", [1, 9, 40])
 def test_matmul_threads_are_deterministic(qtype, n):

@@ -36,6 +36,7 @@ OPS = {"norm": NORM, "matmul": MATMUL, "rope": ROPE, "store_kv": STORE_KV, "atte
        "swiglu": SWIGLU, "geglu": GEGLU, "scale": SCALE, "layernorm": LAYERNORM, "copy": COPY, "gelu": GELU}
 OP, SRC, DST, OTHER, VEC, ROWS, MAT, BIAS, QFIRST, QLAST, FORMS, TABLE, WINDOW, OFFSET, SINKS = range(15)
 COLUMNS = 15
+_Q8_0, _Q8_K = 13, 14                  # bits of _decoder's ops beside the opcodes': the activation kinds used
 
 
 @njit(cache=True, inline="always")
@@ -48,22 +49,26 @@ def _weight(data, plan, l, j):
 
 
 @njit(cache=True, inline="always")
-def _quantise(x, forms, plan, l, first, last):
-    """x's 8-bit forms (q8_0, q8_k) that matrices first..last of block l multiply, each made once."""
+def _needs(plan, l, first, last, kind):
+    """Whether one of matrices first..last of block l multiplies activations of this kind (KINDS)."""
     kinds = plan[4]
-    need_0, need_k = False, False
     for j in range(first, last + 1):
-        need_0 |= kinds[l, j] == 1
-        need_k |= kinds[l, j] == 2
-    if need_0:
-        quantize_q8_serial(x, *forms[0])
-    if need_k:
-        quantize_q8_k_serial(x, *forms[1])
+        if kinds[l, j] == kind:
+            return True
+    return False
 
 
-def _decoder(mask: int):
-    """decode_blocks for a model whose block matrices have the GGML types in mask (kernels.matmul.types_mask):
-    only those formats' kernels are compiled into it. A closure over an int, so Numba caches it per mask."""
+def _decoder(mask: int, ops: int, sinks: bool):
+    """decode_blocks for a model whose block matrices have the GGML types in mask (kernels.matmul.types_mask)
+    and whose steps use the opcodes in ops (a bit per opcode; sinks: an attention has them): only those
+    formats' kernels and those steps' kernels are compiled into it (a first run compiles what the model
+    needs, not every architecture's steps). The flags below are constants of the closure, so Numba drops
+    the branches they turn off before it types them; a closure over ints and bools, so Numba caches one
+    decode_blocks per combination."""
+    q8_0, q8_k = bool(ops >> _Q8_0 & 1), bool(ops >> _Q8_K & 1)
+    norm, rope_, store_kv, attention_ = (bool(ops >> op & 1) for op in (NORM, ROPE, STORE_KV, ATTENTION))
+    add, swiglu_, geglu_, scale, layernorm_ = (bool(ops >> op & 1) for op in (ADD, SWIGLU, GEGLU, SCALE, LAYERNORM))
+    copy, gelu_ = bool(ops >> COPY & 1), bool(ops >> GELU & 1)
 
     @njit(cache=True)
     def decode_blocks(data, plan, steps, factors, vectors, buffers, forms, cache_k, cache_v, pos, cos, sin, neox,
@@ -81,7 +86,7 @@ def _decoder(mask: int):
             for i in range(steps.shape[1]):
                 st = steps[l, i]
                 op = st[OP]
-                if op == NORM:
+                if norm and op == NORM:
                     src, dst = buffers[st[SRC]], buffers[st[DST]]
                     rows = st[ROWS]
                     width = src.shape[1] // rows
@@ -90,40 +95,44 @@ def _decoder(mask: int):
                 elif op == MATMUL:
                     src, dst = buffers[st[SRC]], buffers[st[DST]]
                     f = forms[st[FORMS]]
-                    if st[QFIRST] >= 0:
-                        _quantise(src, f, plan, l, st[QFIRST], st[QLAST])
+                    if st[QFIRST] >= 0:  # x's 8-bit forms that this and the next matrices on x multiply, made once
+                        if q8_0 and _needs(plan, l, st[QFIRST], st[QLAST], 1):
+                            quantize_q8_serial(src, *f[0])
+                        if q8_k and _needs(plan, l, st[QFIRST], st[QLAST], 2):
+                            quantize_q8_k_serial(src, *f[1])
                     w, fmt, kind = _weight(data, plan, l, st[MAT])
                     x8 = f[1] if kind == 2 else f[0]
                     matvec(mask, fmt, w, src, x8[0], x8[1], x8[2], x8[3], dst)
                     if st[BIAS] >= 0:
-                        dst[0] += vectors[st[BIAS] : st[BIAS] + dst.shape[1]]
-                elif op == ROPE:
+                        for j in range(dst.shape[1]):  # loops, not `dst[0] += ...`: the error message of
+                            dst[0, j] += vectors[st[BIAS] + j]  # that slice assignment takes seconds to compile
+                elif rope_ and op == ROPE:
                     x = buffers[st[SRC]]
                     rope_serial(x.reshape(1, x.shape[1] // head_dim, head_dim), cos[st[TABLE]], sin[st[TABLE]], neox)
-                elif op == STORE_KV:
+                elif store_kv and op == STORE_KV:
                     k, v = buffers[st[SRC]], buffers[st[OTHER]]
                     store_as_half(cache_k[l, pos : pos + 1], k.reshape(1, k.shape[1] // head_dim, head_dim))
                     store_as_half(cache_v[l, pos : pos + 1], v.reshape(1, v.shape[1] // head_dim, head_dim))
-                elif op == ATTENTION:
+                elif attention_ and op == ATTENTION:
                     q, out = buffers[st[SRC]], buffers[st[DST]]
                     q3, out3 = q.reshape(1, q.shape[1] // head_dim, head_dim), out.reshape(1, out.shape[1] // head_dim, head_dim)
-                    if st[SINKS] >= 0:
+                    if sinks and st[SINKS] >= 0:
                         attention(q3, cache_k[l, : pos + 1], cache_v[l, : pos + 1], pos, scores, out3, factors[l, i, 0],
                                   st[WINDOW], factors[l, i, 1], vectors[st[SINKS] : st[SINKS] + q3.shape[1]])
                     else:
                         attention(q3, cache_k[l, : pos + 1], cache_v[l, : pos + 1], pos, scores, out3, factors[l, i, 0],
                                   st[WINDOW], factors[l, i, 1])
-                elif op == ADD:
+                elif add and op == ADD:
                     dst = buffers[st[DST]]
                     dst += buffers[st[OTHER]]
-                elif op == SWIGLU:
+                elif swiglu_ and op == SWIGLU:
                     swiglu_serial(buffers[st[SRC]], buffers[st[OTHER]], buffers[st[DST]])
-                elif op == GEGLU:
+                elif geglu_ and op == GEGLU:
                     geglu_serial(buffers[st[SRC]], buffers[st[OTHER]], buffers[st[DST]])
-                elif op == SCALE:
+                elif scale and op == SCALE:
                     dst = buffers[st[DST]]
                     dst *= np.float32(factors[l, i, 0])
-                elif op == LAYERNORM:
+                elif layernorm_ and op == LAYERNORM:
                     src, dst = buffers[st[SRC]], buffers[st[DST]]
                     rows = st[ROWS]
                     if rows == 1:
@@ -134,11 +143,13 @@ def _decoder(mask: int):
                         width = src.shape[1] // rows
                         layernorm_serial(src.reshape(rows, width), vectors[st[BIAS] : st[BIAS] + width],
                                          vectors[st[BIAS] + width : st[BIAS] + 2 * width], eps_ln, dst.reshape(rows, width))
-                        dst[0] *= vectors[st[VEC] : st[VEC] + dst.shape[1]]
-                elif op == COPY:
+                        for j in range(dst.shape[1]):
+                            dst[0, j] *= vectors[st[VEC] + j]
+                elif copy and op == COPY:
                     src, dst = buffers[st[SRC]], buffers[st[DST]]
-                    dst[0, :] = src[0, st[OFFSET] : st[OFFSET] + dst.shape[1]]
-                elif op == GELU:
+                    for j in range(dst.shape[1]):
+                        dst[0, j] = src[0, st[OFFSET] + j]
+                elif gelu_ and op == GELU:
                     gelu_serial(buffers[st[SRC]], buffers[st[DST]])
     return decode_blocks
 
@@ -225,8 +236,10 @@ class FusedDecoder:
         data = np.asarray(gguf.map).view(np.ndarray)                 # the whole file, uint8
         forms = tuple(_q8_forms(net.widths[name]) for name in inputs)
         vectors = np.concatenate(vectors) if vectors else np.zeros(1, np.float32)
+        ops = sum(1 << int(op) for op in np.unique(steps[:, :, OP]))
+        ops |= sum(1 << bit for bit, kind in ((_Q8_0, 1), (_Q8_K, 2)) if (plan[4] == kind).any())
         return cls(net, data, plan, steps, factors, vectors, names, forms,
-                   _decoder(types_mask(w.type for w in matrices)))
+                   _decoder(types_mask(w.type for w in matrices), ops, bool(((steps[:, :, OP] == ATTENTION) & (steps[:, :, SINKS] >= 0)).any())))
 
     def __call__(self, cache, pos, tables, state):
         """One token through every block; tables: the (cos, sin) per rope table, each (1, rope_dim/2)."""

@@ -71,7 +71,7 @@ def create_app(state):
     @app.get("/v1/health")
     async def health():
         if state.status == "loading":
-            return JSONResponse({"status": "loading model"}, status_code=503)
+            return JSONResponse(state.loading_status(), status_code=503)
         if state.status != "ok":
             return JSONResponse({"status": "error", "error": state.error}, status_code=500)
         problem = state.guard.problem() if state.guard is not None else None

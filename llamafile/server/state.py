@@ -87,6 +87,7 @@ class State:
         from kernels import cpu
 
         from ..model import DEFAULT_N_CTX, Model
+        from ..progress import compile_notice
         from weights.gguf import GGUFFile
         cpu.set_threads(getattr(self.args, "threads", None))  # numba's thread count is per thread
         gguf = GGUFFile(self.model_path)
@@ -102,7 +103,8 @@ class State:
         first = Model(gguf, n_ctx=per_slot)
         models = [first] + [Model(gguf, n_ctx=first.n_ctx, backend=first.backend.name)
                             for _ in range(self.n_parallel - 1)]
-        first.warmup()
+        with compile_notice():  # a first run compiles here: said in the log, and by /health (loading_status)
+            first.warmup(sampling=self.defaults)
         self.model = first
         tok = first.tokenizer
         self.template = getattr(self.args, "chat_template", None) or gguf.get("tokenizer.chat_template")
@@ -119,6 +121,15 @@ class State:
         self.status, self.error = "error", f"{type(e).__name__}: {e}" if not str(e) else str(e)
         self.ready.set()
         self.on_error(e)
+
+    def loading_status(self) -> dict:
+        """/health's 503 body while loading; while kernels compile (a first run) it says so and how far along."""
+        from ..progress import status
+        body = {"status": "loading model"}
+        compiling = status()
+        if compiling is not None:
+            body["compiling"] = compiling
+        return body
 
     def require_model(self) -> None:
         if self.status == "loading":
