@@ -35,6 +35,15 @@ def model_path(name: str) -> Path:
     return fetch(name, progress=False)
 
 
+def greedy_prefix(prompt: str, records: str = "gen_smollm2.jsonl", model: str = "smollm2") -> str:
+    """The prompt and llama.cpp's greedy continuation of it up to the first step whose margin is below 0.5
+    (after a near-tie either token may come): what an executable or the CLI must print."""
+    import llamafile
+    record = next(r for r in read_jsonl(records) if r["prompt"] == prompt)
+    cut = next((k for k, m in enumerate(record["margins"]) if m < 0.5), len(record["ids"]))
+    return prompt + llamafile.load(model_path(model), backend="numpy").detokenize(record["ids"][:cut])
+
+
 @lru_cache(maxsize=None)
 def loaded_model(name: str, backend: str = "numba"):
     import llamafile

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, model_path, read_jsonl
+from conftest import REPO, greedy_prefix, model_path
 from weights import embedded
 
 PROMPT = "The capital of France is"
@@ -99,12 +99,7 @@ def run(exe: Path, *args: str, timeout=600, **env) -> subprocess.CompletedProces
 
 
 def expected_prefix() -> str:
-    """The reference's greedy text up to its first step with a margin below 0.5 (as tests/test_cli.py)."""
-    import llamafile
-    record = next(r for r in read_jsonl("gen_smollm2.jsonl") if r["prompt"] == PROMPT)
-    cut = next((k for k, m in enumerate(record["margins"]) if m < 0.5), len(record["ids"]))
-    model = llamafile.load(model_path("smollm2"), backend="numpy")
-    return PROMPT + model.detokenize(record["ids"][:cut])
+    return greedy_prefix(PROMPT)
 
 
 def test_size_and_trailer(exe):
