@@ -9,7 +9,9 @@ One algorithm, specialised per format by the decoder it is built with:
         extra += min * xs                           formats with a minimum per chunk (Q4_1, Q4_K, ...)
 
 with the activations quantised to 8 bits per 32 (kernels.matmul.quantize_q8: xq, dx, xs = dx sum(xq),
-xsum4 = sums of 4 adjacent xq). The numpy definition: x @ weights.quants.dequantize(W).T.
+xsum4 = sums of 4 adjacent xq). Super-blocks (K-quants, IQ4_XS: q8_k activations, one dx per 256) take
+dx into their header's scales once per block, and their chunk minimums are one 8-lane multiply-add
+per block (_Blocks.times_dx, chunk_min_terms). The numpy definition: x @ weights.quants.dequantize(W).T.
 """
 from __future__ import annotations
 
