@@ -14,7 +14,7 @@ import numba
 import numpy as np
 import pytest
 
-from conftest import ARCHS
+from conftest import ARCHS, archs_model
 
 QUANT_TYPES = ("Q4_K_M", "Q5_K_M", "Q6_K", "Q3_K_M", "Q2_K", "IQ4_XS", "IQ4_NL", "Q5_0", "Q5_1")
 # every architecture model of the archs README
@@ -51,7 +51,7 @@ def nmse(ours: list[np.ndarray], ref: list[np.ndarray]) -> float:
 
 def load(model: str):
     import llamafile
-    return llamafile.load(ARCHS / "models" / f"{model}.gguf", n_ctx=256)
+    return llamafile.load(archs_model(model), n_ctx=256)
 
 
 def all_logprobs(m, recs) -> list[np.ndarray]:

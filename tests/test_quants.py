@@ -1,18 +1,14 @@
 """Our numpy dequantisers agree exactly with gguf's reference implementation."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as T
 from gguf import quants as gguf_quants
 
-from conftest import ARCHS
+from conftest import archs_model
 from weights.gguf import GGUFFile
 from weights.quants import FORMATS, QuantError, UnsupportedType, block_shape, dequantize
-
-MODELS = ARCHS / "models"
 
 # Byte offsets of each format's f16 scale fields: random bytes there could be inf/NaN,
 # so the random-block test overwrites them with real halves.
@@ -23,9 +19,8 @@ HALVES = {
 
 # One small llama file per quantised type (the type is in most of its block matrices).
 FILES = {
-    T.Q4_K: "llama-Q4_K_M.gguf", T.Q2_K: "llama-Q2_K.gguf", T.Q3_K: "llama-Q3_K_M.gguf",
-    T.Q5_K: "llama-Q5_K_M.gguf", T.Q6_K: "llama-Q6_K.gguf", T.IQ4_XS: "llama-IQ4_XS.gguf",
-    T.IQ4_NL: "llama-IQ4_NL.gguf", T.Q5_0: "llama-Q5_0.gguf", T.Q5_1: "llama-Q5_1.gguf",
+    T.Q4_K: "llama-Q4_K_M", T.Q2_K: "llama-Q2_K", T.Q3_K: "llama-Q3_K_M", T.Q5_K: "llama-Q5_K_M",
+    T.Q6_K: "llama-Q6_K", T.IQ4_XS: "llama-IQ4_XS", T.IQ4_NL: "llama-IQ4_NL", T.Q5_0: "llama-Q5_0", T.Q5_1: "llama-Q5_1",
 }
 
 
@@ -67,9 +62,7 @@ def test_random_blocks_match_gguf(qtype):
 
 @pytest.mark.parametrize("qtype", list(FILES), ids=lambda t: t.name)
 def test_real_tensors_match_gguf(qtype):
-    path = MODELS / FILES[qtype]
-    if not path.exists():
-        pytest.skip(f"{path} not present")
+    path = archs_model(FILES[qtype])
     f = GGUFFile(path)
     tensors = [t for t in f.tensors.values() if t.type == qtype]
     assert tensors, f"no {qtype.name} tensor in {path.name}"
