@@ -14,6 +14,7 @@ backend reads block by block; norms and biases (small) are float32 in RAM.
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import numpy as np
@@ -81,7 +82,7 @@ class Bound:
     expert_biases: list | None = None # moe with biases: (gate, up, down) bias vectors per expert
 
 
-class Transformer:
+class Transformer(ABC):
     arch = ""
     rope_neox = False           # rotate halves of each head (GPT-NeoX) rather than adjacent pairs
     fuse_decode = True          # decode through llamafile.models.fused where possible (~20% faster)
@@ -100,8 +101,9 @@ class Transformer:
     def buffers(self) -> dict[str, int]:
         return standard_buffers(self.config)
 
+    @abstractmethod
     def block(self, layer: int) -> list[Step]:
-        raise NotImplementedError
+        """The steps of block `layer`, in order: what each architecture's file says (models/steps.py)."""
 
     def __init__(self, gguf: GGUFFile, config: ModelConfig, backend):
         self.config, self.backend = config, backend

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import codecs
 import sys
-from typing import Iterable, Sequence
+from abc import ABC, abstractmethod
+from typing import Sequence
 
 import regex
 
@@ -64,7 +65,7 @@ def _int_or_none(x) -> int | None:
     return None if x is None else int(x)
 
 
-class Tokenizer:
+class Tokenizer(ABC):
     """One GGUF vocabulary; subclasses encode plain text and say how a normal token reads."""
 
     model = ""                    # tokenizer.ggml.model
@@ -222,9 +223,9 @@ class Tokenizer:
             else:
                 ids.extend(self.encode_text(f))
 
+    @abstractmethod
     def encode_text(self, text: str) -> list[int]:
-        """Ids of one fragment of plain text (subclasses)."""
-        raise NotImplementedError
+        """Ids of one fragment of plain text: what each tokenizer type's file implements."""
 
     # --- special tokens -----------------------------------------------------------
     def partition(self, text: str, parse_special: bool) -> list:
