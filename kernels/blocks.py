@@ -42,10 +42,6 @@ def _bytes(b, blk, offset, n=32):
     return _load_at(b, blk, offset, vec(I8, n))
 
 
-def _half(b, blk, offset):
-    return half_bits_to_float(b, _load_at(b, blk, offset, I16))
-
-
 def _halves(b, blk, offset, n=8):
     """The f16 at offset as <n x float>, converted after the splat. (Converting one half, LLVM loads it
     with vpinsrw into whatever register is free, which keeps a false dependency on that register's

@@ -111,13 +111,7 @@ def _quant_matmul(code, R, T):
     @njit(cache=True, parallel=True)
     def matmul(w, xq, xd, xs, xsum4, out):
         rows, n = w.shape[0], xq.shape[0]
-        if n == 1:  # decoding: the token's activation rows taken once, outside the parallel loop
-            xq0, xd0, xs0, sum40, chunks = xq[0], xd[0], xs[0], xsum4[0], xd.shape[1]
-            for tile_r in prange((rows + ROWS_PER_TILE - 1) // ROWS_PER_TILE):
-                for r in range(tile_r * ROWS_PER_TILE, min(rows, (tile_r + 1) * ROWS_PER_TILE)):
-                    out[0, r] = _quant_dot(code, w[r], xq0, xd0, xs0, sum40, chunks)
-            return
-        if n < T:  # a few tokens: one row dot per output
+        if n < T:  # decoding, or a few tokens: one row dot per output
             for tile_r in prange((rows + ROWS_PER_TILE - 1) // ROWS_PER_TILE):
                 _quant_dots(code, w, tile_r * ROWS_PER_TILE, min(rows, (tile_r + 1) * ROWS_PER_TILE), 0, n,
                             xq, xd, xs, xsum4, out)

@@ -516,12 +516,17 @@ def rows_softmax(typingctx, s, keys, first, total):
 KEYS_AT_ONCE = 8  # rows_scores: keys per call; rows_weighted_sum: head_dim rows per call
 
 
+def _kv_row_pointer(context, builder, aty, arr, p, kvh):
+    """The address (i8*) of arr[p, kvh, 0] of a (keys, kv_heads, hd) cache array."""
+    ary = context.make_array(aty)(context, builder, arr)
+    s0, s1, _ = cgutils.unpack_tuple(builder, ary.strides)
+    return builder.gep(builder.bitcast(ary.data, I8.as_pointer()), [builder.add(builder.mul(p, s0), builder.mul(kvh, s1))])
+
+
 def _kv_row(context, builder, aty, arr, p, kvh):
     """arr[p, kvh, :] of a (keys, kv_heads, hd) cache array: float32, or uint16 holding halves
     (the KV cache) -> a function index -> float."""
-    ary = context.make_array(aty)(context, builder, arr)
-    s0, s1, _ = cgutils.unpack_tuple(builder, ary.strides)
-    row = builder.gep(builder.bitcast(ary.data, I8.as_pointer()), [builder.add(builder.mul(p, s0), builder.mul(kvh, s1))])
+    row = _kv_row_pointer(context, builder, aty, arr, p, kvh)
     if aty.dtype == types.uint16:
         halves = builder.bitcast(row, I16.as_pointer())
         return lambda j: half_bits_to_float(builder, builder.load(builder.gep(halves, [j])))
@@ -581,14 +586,18 @@ HEADS_AT_ONCE = 4  # heads_weighted_sum: query heads per call
 def _kv_chunk(context, builder, aty, arr, p, kvh, c):
     """arr[p, kvh, 16c : 16c + 16] of a (keys, kv_heads, hd) cache array as <16 x float> (halves converted
     16 at a time)."""
-    ary = context.make_array(aty)(context, builder, arr)
-    s0, s1, _ = cgutils.unpack_tuple(builder, ary.strides)
     width = 2 if aty.dtype == types.uint16 else 4
-    offset = builder.add(builder.add(builder.mul(p, s0), builder.mul(kvh, s1)), builder.mul(c, ir.Constant(c.type, 16 * width)))
-    ptr = builder.gep(builder.bitcast(ary.data, I8.as_pointer()), [offset])
+    ptr = builder.gep(_kv_row_pointer(context, builder, aty, arr, p, kvh), [builder.mul(c, ir.Constant(c.type, 16 * width))])
     if aty.dtype == types.uint16:
         return half_bits_to_float(builder, builder.load(builder.bitcast(ptr, vec(I16, 16).as_pointer()), align=2))
     return builder.load(builder.bitcast(ptr, LANES16.as_pointer()), align=4)
+
+
+def _heads(builder, h0, count):
+    """The HEADS_AT_ONCE heads a call covers: h0 .. h0+count-1, the slots past count repeating the last."""
+    last = builder.sub(builder.add(h0, count), ir.Constant(h0.type, 1))
+    return [builder.select(builder.icmp_signed("<", ir.Constant(h0.type, g), count), builder.add(h0, ir.Constant(h0.type, g)),
+                           last) for g in range(HEADS_AT_ONCE)]
 
 
 def _row_of(context, builder, aty, arr, row):
@@ -608,9 +617,7 @@ def heads_weighted_sum(typingctx, out, s, h0, count, first, length, v, kvh):
         out, s, h0, count, first, length, v, kvh = args
         out_ty, s_ty, v_ty = sig.args[0], sig.args[1], sig.args[6]
         hd = cgutils.unpack_tuple(builder, context.make_array(out_ty)(context, builder, out).shape)[1]
-        last = builder.sub(builder.add(h0, count), ir.Constant(h0.type, 1))
-        heads = [builder.select(builder.icmp_signed("<", ir.Constant(h0.type, g), count),
-                                builder.add(h0, ir.Constant(h0.type, g)), last) for g in range(HEADS_AT_ONCE)]
+        heads = _heads(builder, h0, count)
         weights = [_row_of(context, builder, s_ty, s, h) for h in heads]   # extra slots repeat the last head
         with cgutils.for_range(builder, builder.udiv(hd, ir.Constant(hd.type, 16))) as chunk:
             c = chunk.index
@@ -654,9 +661,7 @@ def heads_scores(typingctx, s, q, h0, count, first, length, k, kvh, scale):
         s, q, h0, count, first, length, k, kvh, scale = args
         s_ty, q_ty, k_ty = sig.args[0], sig.args[1], sig.args[6]
         hd = cgutils.unpack_tuple(builder, context.make_array(q_ty)(context, builder, q).shape)[1]
-        last = builder.sub(builder.add(h0, count), ir.Constant(h0.type, 1))
-        heads = [builder.select(builder.icmp_signed("<", ir.Constant(h0.type, g), count),
-                                builder.add(h0, ir.Constant(h0.type, g)), last) for g in range(HEADS_AT_ONCE)]
+        heads = _heads(builder, h0, count)
         queries = [_row_of(context, builder, q_ty, q, h) for h in heads]
         rows = [_row_of(context, builder, s_ty, s, h) for h in heads]
         chunks = builder.udiv(hd, ir.Constant(hd.type, 16))
