@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from functools import lru_cache
 from pathlib import Path
 
@@ -15,36 +14,18 @@ REPO = Path(__file__).resolve().parents[1]
 # llama.cpp's output for the real models (tests/reference/README.md: where each file comes from); a
 # copy in the repository, so that a fresh clone tests. LLAMAFILE_REFERENCE points elsewhere.
 REFERENCE = Path(os.environ.get("LLAMAFILE_REFERENCE", REPO / "tests" / "reference"))
-# llama.cpp's logits for its tiny random-weight architecture and format models, and the models' sha256
-# (tests/reference/archs/README.md); LLAMAFILE_ARCHS points elsewhere.
+# llama.cpp's tiny random-weight architecture and format models: their descriptions, digests and llama.cpp's
+# logits (tests/reference/archs/README.md); LLAMAFILE_ARCHS points elsewhere.
 ARCHS = Path(os.environ.get("LLAMAFILE_ARCHS", REFERENCE / "archs"))
-# The models themselves are not in the repository (no model file is): archs_model copies them into the
-# cache from here, each checked against ARCHS/SHA256SUMS. CI has shared/ beside its checkout.
-ARCHS_MODELS = Path(os.environ.get("LLAMAFILE_ARCHS_MODELS", REPO.parent / "shared" / "reference" / "archs" / "models"))
 
 
 @lru_cache(maxsize=None)
 def archs_model(name: str) -> Path:
-    """The cached file of one archs test model ("llama-Q4_K_M"), copied in and sha256-checked on first use.
-    Missing everywhere is an error naming where it was looked for (never a skip)."""
-    from weights.fetch import _sha256, cache_dir
-    file = f"{name}.gguf"
-    digests = dict(line.split()[::-1] for line in (ARCHS / "SHA256SUMS").read_text().splitlines() if line.strip())
-    dst = cache_dir() / "archs" / file
-    if dst.exists() and _sha256(dst) == digests[file]:
-        return dst
-    src = ARCHS_MODELS / file
-    if not src.exists():
-        raise FileNotFoundError(f"llama.cpp's test model {file} is in neither {dst.parent} nor {ARCHS_MODELS} "
-                                "(set LLAMAFILE_ARCHS_MODELS to the folder holding shared/reference/archs/models)")
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f"{file}.{os.getpid()}.partial")
-    shutil.copyfile(src, tmp)
-    if _sha256(tmp) != digests[file]:
-        tmp.unlink()
-        raise ValueError(f"{src}: sha256 differs from {ARCHS / 'SHA256SUMS'}")
-    tmp.replace(dst)
-    return dst
+    """The cached file of one archs test model ("llama-Q4_K_M"): generated from its description on first use
+    (tests/archs_models.py, about 0.05 s), sha256-checked against ARCHS/SHA256SUMS."""
+    import archs_models
+    from weights.fetch import cache_dir
+    return archs_models.build(name, cache_dir() / "archs", ARCHS)
 
 
 @lru_cache(maxsize=None)
