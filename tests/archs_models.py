@@ -52,12 +52,13 @@ def digests(archs: Path = ARCHS) -> dict[str, str]:
 
 
 def key_values(name: str, archs: Path = ARCHS) -> dict[str, list]:
-    """Every key of a model -> [type, value] or ["ARRAY", item type, [values]], in writing order: the
-    description's common keys (its own value where it has one), then its own."""
+    """Every key of a model -> [type, value] or ["ARRAY", item type, [values]]: the description's common
+    keys (its own value where it has one) and its own, sorted (the order in which they are written, whatever
+    keys the other models share)."""
     d = descriptions(archs)
     kv = {**d["common"], **d["models"][name]["kv"]}
     arch = kv["general.architecture"][1]
-    return {k.replace("{arch}.", f"{arch}.", 1): v for k, v in kv.items()}
+    return dict(sorted((k.replace("{arch}.", f"{arch}.", 1), v) for k, v in kv.items()))
 
 
 def values(source: str, tensor: str, n: int) -> np.ndarray:

@@ -1,14 +1,16 @@
 """How this folder was made (README.md). Two steps, each run once, by hand:
 
-  python tests/reference/archs/make.py describe MODELS_DIR
-      Needs the 40 models llama.cpp's test code made (shared/reference/archs/models beside the checkout):
-      writes models.json, their descriptions: every key/value and every tensor's name, shape and type.
-      Done once; the descriptions are what the repository keeps of those files.
+  python tests/reference/archs/make.py describe MODELS_DIR_OR_FILE...
+      Needs the models llama.cpp's test code made (the 40 in shared/reference/archs/models beside the
+      checkout): adds their descriptions to models.json (every key/value and every tensor's name, shape
+      and type), replacing those of the same name. Done once for the 40; the descriptions are what the
+      repository keeps of those files. A new architecture's model is added the same way.
 
   python tests/reference/archs/make.py references [NAME...]
       Needs llama-cpp-python 0.3.36 (`pip install llama-cpp-python==0.3.36`, CPU build), nothing else:
       generates each model from models.json (tests/archs_models.py), writes SHA256SUMS, llama.cpp's
-      logits/NAME.jsonl for the token ids already in that file, and the table of Q in README.md.
+      logits/NAME.jsonl for the token ids already in that file (a new model: llama-dense's), and the
+      table of Q in README.md.
 
 The tests themselves need neither: tests/conftest.py's archs_model generates a model on first use and
 checks it against SHA256SUMS.
@@ -47,10 +49,14 @@ def _kv(field) -> list:
     return [types[0], field.contents()]
 
 
-def describe(models_dir: Path) -> None:
+def describe(paths: list[Path]) -> None:
     import gguf
+    out = HERE / "models.json"
     models = {}
-    for path in sorted(models_dir.glob("*.gguf")):
+    if out.exists():  # the descriptions already there, each with all its keys
+        old = json.loads(out.read_text())
+        models = {name: {**m, "kv": {**old["common"], **m["kv"]}} for name, m in old["models"].items()}
+    for path in [f for p in paths for f in (sorted(p.glob("*.gguf")) if p.is_dir() else [p])]:
         r = gguf.GGUFReader(path)
         assert r.alignment == 32, path
         arch = r.fields["general.architecture"].contents()
@@ -60,16 +66,16 @@ def describe(models_dir: Path) -> None:
                 kv[key.replace(f"{arch}.", "{arch}.", 1) if key.startswith(f"{arch}.") else key] = _kv(field)
         tensors = [[t.name, [int(n) for n in t.shape], t.tensor_type.name] for t in r.tensors]
         models[path.stem] = {"values": values_of(path.stem), "kv": kv, "tensors": tensors}
+    models = dict(sorted(models.items()))
     # the keys every model has (with the architecture's name as {arch}) are written once, with their most
     # frequent value; a model lists the keys it has beyond those, and those whose value differs
-    first = next(iter(models.values()))["kv"]
     common = {}
-    for k in first:
+    for k in sorted(next(iter(models.values()))["kv"]):
         if all(k in m["kv"] for m in models.values()):
             seen = [json.dumps(m["kv"][k]) for m in models.values()]
             common[k] = json.loads(max(seen, key=seen.count))
     for m in models.values():
-        m["kv"] = {k: v for k, v in m["kv"].items() if common.get(k) != v}
+        m["kv"] = {k: v for k, v in sorted(m["kv"].items()) if common.get(k) != v}
 
     def dump(x) -> str:
         return json.dumps(x, ensure_ascii=False)
@@ -77,12 +83,11 @@ def describe(models_dir: Path) -> None:
     lines += [",\n".join(f"  {dump(k)}: {dump(v)}" for k, v in common.items()), '},', '"models": {']
     blocks = []
     for name, m in models.items():
-        kv = ",\n".join(f"    {dump(k)}: {dump(v)}" for k, v in m["kv"].items())
+        kv = "".join(f"\n    {dump(k)}: {dump(v)}," for k, v in m["kv"].items())[:-1]
         tensors = ",\n".join(f"    {dump(t)}" for t in m["tensors"])
-        blocks.append(f'  {dump(name)}: {{"values": {dump(m["values"])},\n  "kv": {{\n{kv}}},\n'
+        blocks.append(f'  {dump(name)}: {{"values": {dump(m["values"])},\n  "kv": {{{kv}}},\n'
                       f'  "tensors": [\n{tensors}]}}')
     lines += [",\n".join(blocks), "}}"]
-    out = HERE / "models.json"
     out.write_text("\n".join(lines) + "\n")
     assert json.loads(out.read_text())["models"].keys() == models.keys()
     print(f"{out}: {len(models)} models, {out.stat().st_size} bytes")
@@ -188,7 +193,8 @@ def references(selected: list[str]) -> None:
         print(f"generated {len(digests)} models in {time.perf_counter() - t0:.1f} s")
         (HERE / "SHA256SUMS").write_text("".join(f"{digests[n]}  {n}.gguf\n" for n in sorted(digests)))
         for name in names:
-            sequences = [r["ids"] for r in read_records(name)]
+            known = (HERE / "logits" / f"{name}.jsonl").exists()  # a new model takes llama-dense's ids
+            sequences = [r["ids"] for r in read_records(name if known else "llama-dense")]
             records = llama_cpp_records(folder / f"{name}.gguf", sequences)
             (HERE / "logits" / f"{name}.jsonl").write_text("".join(record_line(r) + "\n" for r in records))
             print(f"{name}: {[len(s) for s in sequences]} ids")
@@ -211,11 +217,11 @@ def references(selected: list[str]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="step", required=True)
-    sub.add_parser("describe").add_argument("models_dir", type=Path)
+    sub.add_parser("describe").add_argument("paths", type=Path, nargs="+")
     sub.add_parser("references").add_argument("names", nargs="*")
     args = parser.parse_args()
     if args.step == "describe":
-        describe(args.models_dir)
+        describe(args.paths)
     else:
         references(args.names)
 
