@@ -3,8 +3,9 @@
 Round to nearest with per-block scales (and mins), no search: not llama-quantize's quality, but every
 step is an element-wise IEEE operation, max/min/abs or a first-index argmin, so the bytes are the same
 on every machine and numpy version (no float sums, whose order could vary). Each writes the block layout
-of its class in weights/quants.py, whose dequantisers (and gguf.quants') read it back. Q4_0, Q5_0, Q5_1
-and Q8_0 are gguf.quants' own quantisers.
+of its class in weights/quants.py, whose dequantisers (and gguf.quants') read it back. gguf.quants'
+own quantisers are not used: their bytes change between gguf versions (0.17's Q5_0 rounds in float64,
+0.19's in float32).
 
 quantize(w, type): float32 (rows, n_per_row) -> uint8 (rows, row_bytes).
 """
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import numpy as np
 from gguf import GGMLQuantizationType as T
-from gguf import quants as gguf_quants
 
 from weights.quants import KVALUES_IQ4NL, QK_K
 
@@ -88,6 +88,49 @@ def _nearest_iq4(t: np.ndarray) -> np.ndarray:
     return np.abs(t[..., None] - KV).argmin(axis=-1).astype(np.uint8)
 
 
+def _q_bits(q: np.ndarray) -> np.ndarray:
+    """(n, 32) 5-bit values -> (n, 4) bytes of qh, a little-endian uint32 whose bit i is q[i]'s bit 4."""
+    return np.packbits(q >> 4, axis=-1, bitorder="little")
+
+
+def q8_0(x: np.ndarray) -> np.ndarray:
+    dl, _, d = _signed_scale_blocks(x.reshape(len(x), 1, 32), -127, 1, 1)  # d = the block's scale
+    return np.concatenate([d, _round(_div(x.reshape(len(x), 1, 32), dl), -128, 127).reshape(len(x), 32)
+                           .view(np.uint8)], axis=-1)
+
+
+def q4_0(x: np.ndarray) -> np.ndarray:
+    n = len(x)
+    dl, _, d = _signed_scale_blocks(x.reshape(n, 1, 32), -8, 1, 1)
+    q = (_round(_div(x.reshape(n, 1, 32), dl), -8, 7).astype(np.int16) + 8).astype(np.uint8).reshape(n, 32)
+    return np.concatenate([d, _pack_nibbles(q, 32)], axis=-1)
+
+
+def q5_0(x: np.ndarray) -> np.ndarray:
+    n = len(x)
+    dl, _, d = _signed_scale_blocks(x.reshape(n, 1, 32), -16, 1, 1)
+    q = (_round(_div(x.reshape(n, 1, 32), dl), -16, 15).astype(np.int16) + 16).astype(np.uint8).reshape(n, 32)
+    return np.concatenate([d, _q_bits(q), _pack_nibbles(q & 15, 32)], axis=-1)
+
+
+def _min_scale(x: np.ndarray, levels: int):
+    """Blocks x (n, 32) -> w ~ d*q + m, q in 0..levels: q (n, 32) uint8 and the bytes of d and m."""
+    lo = x.min(axis=-1, keepdims=True)
+    d, d_bytes = _f16((x.max(axis=-1, keepdims=True) - lo) / np.float32(levels))
+    m, m_bytes = _f16(lo)
+    return _round(_div(x - m, d), 0, levels), d_bytes, m_bytes
+
+
+def q4_1(x: np.ndarray) -> np.ndarray:
+    q, d, m = _min_scale(x, 15)
+    return np.concatenate([d, m, _pack_nibbles(q, 32)], axis=-1)
+
+
+def q5_1(x: np.ndarray) -> np.ndarray:
+    q, d, m = _min_scale(x, 31)
+    return np.concatenate([d, m, _q_bits(q), _pack_nibbles(q & 15, 32)], axis=-1)
+
+
 def q2_k(x: np.ndarray) -> np.ndarray:
     n = len(x)
     q, sc, m, d, dmin = _scale_min_blocks(x.reshape(n, 16, 16), 3, 15)
@@ -152,18 +195,16 @@ def iq4_xs(x: np.ndarray) -> np.ndarray:
     return np.concatenate([d, scales_h, scales_l, _pack_nibbles(idx, 32)], axis=-1)
 
 
-OURS = {T.Q2_K: q2_k, T.Q3_K: q3_k, T.Q4_K: q4_k, T.Q5_K: q5_k, T.Q6_K: q6_k, T.IQ4_NL: iq4_nl, T.IQ4_XS: iq4_xs}
-GGUF = (T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0)
+QUANTISERS = {T.Q8_0: q8_0, T.Q4_0: q4_0, T.Q4_1: q4_1, T.Q5_0: q5_0, T.Q5_1: q5_1, T.IQ4_NL: iq4_nl,
+              T.Q2_K: q2_k, T.Q3_K: q3_k, T.Q4_K: q4_k, T.Q5_K: q5_k, T.Q6_K: q6_k, T.IQ4_XS: iq4_xs}
 
 
 def quantize(w: np.ndarray, qtype: T) -> np.ndarray:
     """float32 rows (rows, n_per_row) -> their blocks as uint8 (rows, row_bytes)."""
     w = np.ascontiguousarray(w, dtype=np.float32)
-    if qtype in GGUF:
-        return gguf_quants.quantize(w, qtype)
     block = QK_K if qtype in (T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K, T.IQ4_XS) else 32
-    if qtype not in OURS or w.shape[-1] % block:
+    if qtype not in QUANTISERS or w.shape[-1] % block:
         raise ValueError(f"cannot quantise rows of {w.shape[-1]} to {T(qtype).name}")
     rows = w.shape[0]
-    blocks = OURS[qtype](w.reshape(-1, block))
+    blocks = QUANTISERS[qtype](w.reshape(-1, block))
     return np.ascontiguousarray(blocks, dtype=np.uint8).reshape(rows, -1)

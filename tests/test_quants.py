@@ -89,8 +89,12 @@ def test_roundtrip_matches_gguf(qtype, shape):
 
 # tests/archs_quants.py's round-to-nearest quantisers (they make the archs test models): NMSE bounds on
 # N(0, 1) rows, a little above what they give (llama-quantize: Q2_K 0.09, Q3_K 0.023, Q4_K 0.005, ...)
-ARCHS_NMSE = {T.Q2_K: 0.12, T.Q3_K: 0.03, T.Q4_K: 0.008, T.Q5_K: 0.002, T.Q6_K: 5e-4, T.IQ4_NL: 0.008,
-              T.IQ4_XS: 0.008}
+ARCHS_NMSE = {T.Q8_0: 4e-5, T.Q4_0: 0.009, T.Q4_1: 0.008, T.Q5_0: 0.0025, T.Q5_1: 0.002, T.IQ4_NL: 0.008,
+              T.Q2_K: 0.12, T.Q3_K: 0.03, T.Q4_K: 0.008, T.Q5_K: 0.002, T.Q6_K: 5e-4, T.IQ4_XS: 0.008}
+
+
+def test_archs_quantisers_cover_every_quantised_format():
+    assert set(archs_quants.QUANTISERS) == set(ARCHS_NMSE) == set(FORMATS) - {T.F32, T.F16, T.BF16}
 
 
 @pytest.mark.parametrize("qtype", list(ARCHS_NMSE), ids=lambda t: t.name)
