@@ -9,7 +9,8 @@ The F16 and quantised llama/qwen3 models hold the values of their F32 model (`va
 so their difference from it is rounding alone. The file is written with gguf.GGUFWriter and must have the
 sha256 of tests/reference/archs/SHA256SUMS, the file llama.cpp's logits there were computed on.
 
-build(name, folder) writes one model; python tests/archs_models.py FOLDER [NAME...] writes them all.
+build(name, folder) writes one model, checked; python tests/archs_models.py FOLDER [NAME...] writes them all
+(or those named) unchecked and prints their digests.
 """
 from __future__ import annotations
 
@@ -114,15 +115,15 @@ class DigestMismatch(ValueError):
 
 def build(name: str, folder: Path, archs: Path = ARCHS, check: bool = True) -> Path:
     """folder/NAME.gguf made from its description: written to a temporary name, sha256-checked against
-    SHA256SUMS (unless check is False), then renamed into place. An existing file is trusted only if its
-    digest matches."""
+    SHA256SUMS, then renamed into place; an existing file with that digest is kept. Unchecked (check=False),
+    the file is always written."""
     folder.mkdir(parents=True, exist_ok=True)
     file = f"{name}.gguf"
     dst = folder / file
     want = digests(archs).get(file) if check else None
     if check and want is None:
         raise KeyError(f"{file} is not in {archs / 'SHA256SUMS'}")
-    if dst.exists() and (not check or sha256(dst) == want):
+    if check and dst.exists() and sha256(dst) == want:
         return dst
     tmp = folder / f".{file}.{os.getpid()}.partial"
     try:

@@ -150,6 +150,26 @@ def test_greedy_and_decoding_one_by_one(model):
     assert one_by_one <= max(1e-4, 0.2 * _q_table().get(model, 0.0))
 
 
+def test_archs_models_are_generated_and_checked(tmp_path):
+    """A model is made from its description (conftest.archs_model does this into the cache): a damaged file is
+    made again, and a file that does not have the committed digest is an error, not a silent new model."""
+    import archs_models
+    want = archs_models.digests()["qwen3-Q4_K_M.gguf"]
+    path = archs_models.build("qwen3-Q4_K_M", tmp_path)
+    assert archs_models.sha256(path) == want
+    with open(path, "r+b") as f:
+        f.seek(-1, 2)
+        f.write(b"\x7f")
+    assert archs_models.sha256(archs_models.build("qwen3-Q4_K_M", tmp_path)) == want
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "models.json").write_text((ARCHS / "models.json").read_text())
+    (other / "SHA256SUMS").write_text(f"{'0' * 64}  qwen3-Q4_K_M.gguf\n")
+    with pytest.raises(archs_models.DigestMismatch, match="qwen3-Q4_K_M.gguf has sha256"):
+        archs_models.build("qwen3-Q4_K_M", tmp_path / "out", other)
+    assert not (tmp_path / "out" / "qwen3-Q4_K_M.gguf").exists() and not list((tmp_path / "out").iterdir())
+
+
 def test_test_vocabulary_runs_on_ids_only():
     """llama.cpp's dummy `test` tokenizer: the model loads and runs on ids; text is a clear error."""
     import llamafile
