@@ -27,9 +27,8 @@ class Phi3(Transformer):
         self.n_ctx_orig = int(self._gguf.get(f"{c.arch}.rope.scaling.original_context_length", c.n_ctx_train))
 
     def set_context(self, n_ctx):
-        # llama.cpp: long where n_ctx_seq > the original context. Its reference for the test model, run at the
-        # full (= original) context, used the long factors (its sequence context is padded past it), so >= here.
-        self.rope_factors = self.rope_long if n_ctx >= self.n_ctx_orig else self.rope_short
+        # llama.cpp: long where the context (padded to a multiple of 256) is past the original one
+        self.rope_factors = self.rope_long if n_ctx > self.n_ctx_orig else self.rope_short
 
     def block(self, layer):
         c = self.config
