@@ -19,10 +19,9 @@ so that, with x quantised to 8 bits per 32 (xq, scale dx, as llama.cpp's q8_0/q8
 `offset` (quants stored unsigned, e.g. Q4_0's 8) is folded into the integer sums. `signed`
 says the quants may be negative (x86 multiplies unsigned by signed bytes, so those need the
 sign moved onto the activations). The chunk index c is a Python int (the loops over a block's
-chunks are unrolled); a block's shared fields are decoded once, by header(). A super-block's
-header (activations q8_k, one scale per 256) holds its float scales first (a vector, or a tuple's
-first) and, for min_kind "chunk", the chunk minimums second: the row dots multiply the scales (and
-per-lane minimums) by the activations' scale once per super-block, not once per chunk.
+chunks are unrolled); a block's shared fields are decoded once, by header(). Super-blocks
+(_SuperBlock: K-quants, IQ4_XS) give integer scales instead (int_scale, int_min) and the offsets of
+their block's d and dmin: the kernels sum a whole block in integers, then scale it once.
 
 Adding a format: its numpy class in weights/quants.py, its decoder here, one line in FORMATS,
 one entry in the tests' format list.
@@ -79,23 +78,6 @@ def _nibbles16(b, blk, offset):
 def _bits32(b, word):
     """An i32 -> <32 x i8>: byte i is bit i (0 or 1)."""
     return b.zext(b.bitcast(word, vec(I1, 32)), vec(I8, 32))
-
-
-def _lanes_of_groups(b, values, first):
-    """<n x float> per 16-weight group -> <8 x float>: lanes 0-3 take group first, 4-7 first + 1."""
-    return b.shuffle_vector(values, values, ir.Constant(vec(I32, 8), [first] * 4 + [first + 1] * 4))
-
-
-def _to_float(b, ints, signed=False):
-    """<n x iK> -> <n x float>."""
-    n = ints.type.count
-    wide = b.sext(ints, vec(I32, n)) if signed else b.zext(ints, vec(I32, n))
-    return b.sitofp(wide, vec(F32, n))
-
-
-def _scaled(b, ints, d, signed=False):
-    """<n x iK> integer scales times d (<n x float>, every lane the same) -> <n x float>."""
-    return b.fmul(_to_float(b, ints, signed), d)
 
 
 def _pick(b, v, lanes):
@@ -240,23 +222,39 @@ def _pick2(b, lo, hi):
 
 
 class _SuperBlock(Decoder):
+    """Super-blocks of 256 weights with integer sub-block scales: w = d * scale * (q - offset) - dmin * min.
+
+    The kernels sum scale * (q - offset) . xq exactly in integers over the whole block and multiply by
+    d once, as llama.cpp does: header(b, blk) decodes the integer scales once, int_scale(c) gives chunk
+    c's as <8 x i32> per 4 weights (lanes 0-3 and 4-7 differ for sub-blocks of 16), and d is the f16 at
+    byte offset d_at. Minimums per 16 (min_kind "lanes") are summed the same way (int_min, dmin_at);
+    a minimum per chunk ("chunk") is a float term per chunk, min(c) = -dmin * min, times xs."""
     weights, activations = 256, "q8_k"
+    dmin_at: int | None = None
+
+    def int_min(self, b, blk, hdr, c):
+        return None
+
+
+def _widen(b, v, signed=False):
+    """<n x i8> -> <n x i32>."""
+    return (b.sext if signed else b.zext)(v, vec(I32, v.type.count))
 
 
 class Q4_K(_SuperBlock):
     """d at 0, dmin at 2, 12 bytes of 6-bit scales/mins at 4, 128 bytes of nibbles at 16.
     Chunk c: the low (c even) or high (c odd) nibbles of qs[32 (c//2) : 32 (c//2) + 32];
     w = d scale_c q - dmin min_c."""
-    type, nbytes, min_kind = T.Q4_K, 144, "chunk"
+    type, nbytes, min_kind, d_at = T.Q4_K, 144, "chunk", 0
 
     def header(self, b, blk):
         scales, mins = _k_scales_mins(b, blk, 4)
-        return _scaled(b, scales, _halves(b, blk, 0)), _scaled(b, mins, b.fneg(_halves(b, blk, 2)))
+        return _widen(b, scales), b.fmul(b.uitofp(mins, vec(F32, 8)), b.fneg(_halves(b, blk, 2)))
 
     def quants(self, b, blk, hdr, c):
         return _and(b, _shr(b, _bytes(b, blk, 16 + 32 * (c // 2)), 4 * (c % 2)), 0x0F)
 
-    def scale(self, b, blk, hdr, c):
+    def int_scale(self, b, blk, hdr, c):
         return _pick(b, hdr[0], [c] * 8)
 
     def min(self, b, blk, hdr, c):
@@ -272,14 +270,19 @@ class Q5_K(Q4_K):
         return b.or_(low, _shl(b, _and(b, _shr(b, _bytes(b, blk, 16), c), 1), 4))
 
 
+def _sixteens(b, v, c):
+    """<16 x T> per 16-weight group -> <8 x T> for chunk c: lanes 0-3 group 2c, 4-7 group 2c + 1."""
+    return b.shuffle_vector(v, v, ir.Constant(vec(I32, 8), [2 * c] * 4 + [2 * c + 1] * 4))
+
+
 class Q6_K(_SuperBlock):
     """ql[128] at 0, qh[64] at 128, 16 int8 scales at 192, d at 208. Chunk c = 4n + j: low 4 bits from
     ql[64n + 32 (j % 2) + l] (low nibble for j < 2, else high), high 2 bits (qh[32n + l] >> 2j) & 3;
     scales 2c (weights 0-15) and 2c + 1 (16-31); w = d scale (q - 32)."""
-    type, nbytes, offset, lane_scales = T.Q6_K, 210, 32, True
+    type, nbytes, offset, lane_scales, d_at = T.Q6_K, 210, 32, True, 208
 
     def header(self, b, blk):
-        return _scaled(b, _bytes(b, blk, 192, 16), _halves(b, blk, 208, 16), signed=True)
+        return _widen(b, _bytes(b, blk, 192, 16), signed=True)
 
     def quants(self, b, blk, hdr, c):
         n, j = divmod(c, 4)
@@ -287,8 +290,8 @@ class Q6_K(_SuperBlock):
         high = _and(b, _shr(b, _bytes(b, blk, 128 + 32 * n), 2 * j), 3)
         return b.or_(low, _shl(b, high, 4))
 
-    def scale(self, b, blk, hdr, c):
-        return _lanes_of_groups(b, hdr, 2 * c)
+    def int_scale(self, b, blk, hdr, c):
+        return _sixteens(b, hdr, c)
 
 
 def _q3_k_scales(b, blk, offset):
@@ -304,45 +307,45 @@ class Q3_K(_SuperBlock):
     """hmask[32] at 0, qs[64] at 32, 12 bytes of 6-bit scales at 96, d at 108. Chunk c = 4n + j:
     low 2 bits (qs[32n + l] >> 2j) & 3, and 4 more when bit c of hmask[l] is set; scales 2c and
     2c + 1; w = d scale (q - 4)."""
-    type, nbytes, offset, lane_scales = T.Q3_K, 110, 4, True
+    type, nbytes, offset, lane_scales, d_at = T.Q3_K, 110, 4, True, 108
 
     def header(self, b, blk):
-        return _scaled(b, _q3_k_scales(b, blk, 96), _halves(b, blk, 108, 16), signed=True)
+        return _widen(b, _q3_k_scales(b, blk, 96), signed=True)
 
     def quants(self, b, blk, hdr, c):
         n, j = divmod(c, 4)
         low = _and(b, _shr(b, _bytes(b, blk, 32 + 32 * n), 2 * j), 3)
         return b.or_(low, _shl(b, _and(b, _shr(b, _bytes(b, blk, 0), c), 1), 2))
 
-    def scale(self, b, blk, hdr, c):
-        return _lanes_of_groups(b, hdr, 2 * c)
+    def int_scale(self, b, blk, hdr, c):
+        return _sixteens(b, hdr, c)
 
 
 class Q2_K(_SuperBlock):
     """16 bytes of (scale | min << 4) at 0, qs[64] at 16, d at 80, dmin at 82. Chunk c = 4n + j:
     (qs[32n + l] >> 2j) & 3; groups 2c and 2c + 1; w = d scale q - dmin min."""
-    type, nbytes, lane_scales, min_kind = T.Q2_K, 84, True, "lanes"
+    type, nbytes, lane_scales, min_kind, d_at, dmin_at = T.Q2_K, 84, True, "lanes", 80, 82
 
     def header(self, b, blk):
         s = _bytes(b, blk, 0, 16)
-        return _scaled(b, _and(b, s, 15), _halves(b, blk, 80, 16)), _scaled(b, _shr(b, s, 4), b.fneg(_halves(b, blk, 82, 16)))
+        return _widen(b, _and(b, s, 15)), _widen(b, _shr(b, s, 4))
 
     def quants(self, b, blk, hdr, c):
         n, j = divmod(c, 4)
         return _and(b, _shr(b, _bytes(b, blk, 16 + 32 * n), 2 * j), 3)
 
-    def scale(self, b, blk, hdr, c):
-        return _lanes_of_groups(b, hdr[0], 2 * c)
+    def int_scale(self, b, blk, hdr, c):
+        return _sixteens(b, hdr[0], c)
 
-    def min(self, b, blk, hdr, c):
-        return _lanes_of_groups(b, hdr[1], 2 * c)
+    def int_min(self, b, blk, hdr, c):
+        return _sixteens(b, hdr[1], c)
 
 
 class IQ4_XS(_SuperBlock):
     """d at 0, scales_h (u16) at 2, scales_l[4] at 4, qs[128] at 8. Chunk c: nibbles of qs[16c : 16c + 16]
     (as Q4_0) indexing IQ4_VALUES; scale d (ls - 32), ls = (scales_l[c/2] >> 4 (c%2)) & 15 |
     ((scales_h >> 2c) & 3) << 4."""
-    type, nbytes, signed = T.IQ4_XS, 136, True
+    type, nbytes, signed, d_at = T.IQ4_XS, 136, True, 0
 
     def header(self, b, blk):
         low = _and(b, _shr(b, _pick(b, _bytes(b, blk, 4, 4), [0, 0, 1, 1, 2, 2, 3, 3]), [0, 4] * 4), 15)
@@ -351,13 +354,12 @@ class IQ4_XS(_SuperBlock):
         h8 = b.shuffle_vector(h8, h8, ir.Constant(vec(I32, 8), [0] * 8))
         high = b.trunc(b.and_(b.lshr(h8, ir.Constant(vec(I16, 8), list(range(0, 16, 2)))), _const(vec(I16, 8), 3)),
                        vec(I8, 8))
-        ls = b.sub(b.or_(low, _shl(b, high, 4)), _const(vec(I8, 8), 32))
-        return _scaled(b, ls, _halves(b, blk, 0), signed=True)
+        return _widen(b, b.sub(b.or_(low, _shl(b, high, 4)), _const(vec(I8, 8), 32)), signed=True)
 
     def quants(self, b, blk, hdr, c):
         return lookup16(b, IQ4_VALUES, _nibbles16(b, blk, 8 + 16 * c))
 
-    def scale(self, b, blk, hdr, c):
+    def int_scale(self, b, blk, hdr, c):
         return _pick(b, hdr, [c] * 8)
 
 

@@ -109,7 +109,10 @@ def rope(x, cos, sin, neox):
 
 @njit(cache=True, parallel=True, fastmath=True, error_model="numpy")
 def attention(q, k, v, start, scores, out, scale=0.0, window=0, softcap=0.0, sinks=None):
-    """Causal grouped-query attention over the KV cache.
+    """Causal grouped-query attention over the KV cache, one query and head at a time: the layers with
+    softcapped scores or sinks (other layers take attention_heads / attention_blocked, which do not
+    have them). Every query takes the same steps whatever the batch, so a token's result does not
+    depend on it.
 
     q: (n, heads, hd) at positions start..start+n-1; k, v: (>= start+n, kv_heads, hd), float32 or
     uint16 halves (the cache); scores: scratch (heads, >= start+n); out: (n, heads, hd). scale: of the
@@ -117,111 +120,178 @@ def attention(q, k, v, start, scores, out, scale=0.0, window=0, softcap=0.0, sin
     (sliding-window layers, llama.cpp's LLAMA_SWA_TYPE_STANDARD); softcap > 0: scores become
     softcap * tanh(score / softcap) (Gemma 2); sinks (heads,): a logit per head that joins the
     softmax's denominator only (gpt-oss's attention sinks).
-
-    A work item is up to simd.HEADS_AT_ONCE query heads of one KV head (where hd is a multiple of 16):
-    they read and convert each key and value row once (simd.heads_scores, simd.heads_weighted_sum);
-    otherwise one head, with plain loops. Either way each head's sums run in one fixed order.
     """
     n, heads, hd = q.shape
     group = heads // k.shape[1]
     scale = np.float32(1.0 / np.sqrt(hd)) if scale == 0.0 else np.float32(scale)
     cap = np.float32(softcap)
     inv_cap = np.float32(1.0) / cap if softcap > 0.0 else np.float32(0.0)
-    together = simd.HEADS_AT_ONCE if hd % 16 == 0 else 1
-    per_kv = (group + together - 1) // together                 # work items per KV head
-    for item in prange(k.shape[1] * per_kv):
-        kvh = item // per_kv
-        h0 = kvh * group + item % per_kv * together
-        count = min(together, kvh * group + group - h0)
+    for h in prange(heads):
+        kvh = h // group
+        s = scores[h]
         for t in range(n):
             length = start + t + 1
             first = max(0, length - window) if window > 0 else 0
-            if together > 1:
-                simd.heads_scores(scores, q[t], h0, count, first, length, k, kvh, scale)
-            else:
-                for p in range(first, length):
-                    dot = np.float32(0.0)
-                    for j in range(hd):
-                        dot += q[t, h0, j] * simd.as_float(k[p, kvh, j])
-                    scores[h0, p] = dot * scale
-            for h in range(h0, h0 + count):
-                s = scores[h]
-                top = np.float32(-np.inf)
-                for p in range(first, length):
-                    if softcap > 0.0:
-                        s[p] = cap * np.tanh(s[p] * inv_cap)
-                    top = max(top, s[p])
-                total = np.float32(0.0)
-                if sinks is not None:
-                    top = max(top, sinks[h])
-                    total = exp(sinks[h] - top)
-                for p in range(first, length):
-                    s[p] = exp(s[p] - top)
-                    total += s[p]
-                for p in range(first, length):
-                    s[p] = s[p] / total
-            if together > 1:
-                simd.heads_weighted_sum(out[t], scores, h0, count, first, length, v, kvh)
-            else:
+            for p in range(first, length):
+                dot = np.float32(0.0)
                 for j in range(hd):
-                    out[t, h0, j] = 0.0
-                for p in range(first, length):
-                    w = scores[h0, p]
-                    for j in range(hd):
-                        out[t, h0, j] += w * simd.as_float(v[p, kvh, j])
+                    dot += q[t, h, j] * simd.as_float(k[p, kvh, j])
+                s[p] = dot * scale
+            top = np.float32(-np.inf)
+            for p in range(first, length):
+                if softcap > 0.0:
+                    s[p] = cap * np.tanh(s[p] * inv_cap)
+                top = max(top, s[p])
+            total = np.float32(0.0)
+            if sinks is not None:
+                top = max(top, sinks[h])
+                total = exp(sinks[h] - top)
+            for p in range(first, length):
+                s[p] = exp(s[p] - top)
+                total += s[p]
+            for j in range(hd):
+                out[t, h, j] = 0.0
+            for p in range(first, length):
+                w = s[p] / total
+                for j in range(hd):
+                    out[t, h, j] += w * simd.as_float(v[p, kvh, j])
 
 
-QUERY_BLOCK = 16  # queries per work item of attention_blocked: one float32 lane each in a 512-bit register
+LANES = 16  # queries (or heads) per work item of attention_blocked / attention_heads: a float32 lane each
+QUERY_BLOCK = LANES
 
 
 def attention_scratch(threads: int, n_ctx: int, head_dim: int) -> np.ndarray:
-    """attention_blocked's scratch, per thread: scores (n_ctx rows), the queries and the output
-    transposed (head_dim rows each) and the softmax sums: (threads, n_ctx + 2 head_dim + 1, 16)."""
-    return np.zeros((threads, n_ctx + 2 * head_dim + 1, QUERY_BLOCK), np.float32)
+    """attention_blocked's and attention_heads' scratch, per thread: scores (n_ctx rows), the queries and the
+    output transposed (head_dim rows each) and the softmax sums: (threads, n_ctx + 2 head_dim + 1, 16)."""
+    return np.zeros((threads, n_ctx + 2 * head_dim + 1, LANES), np.float32)
 
 
 @njit(cache=True, parallel=True)
-def attention_blocked(q, k, v, start, scratch, out, scale=0.0):
-    """attention() for a prompt: the same definition, computed 16 queries at a time.
-
-    A work item is (head, block of 16 queries). Its scores are kept transposed, (keys, 16), so
-    every step is a vector operation across the block's queries with no horizontal sums:
-    simd.rows_scores (eight keys per loaded row of queries), simd.rows_softmax down the
-    columns, simd.rows_weighted_sum (eight output rows in registers). head_dim: a multiple of 8.
-    scratch: attention_scratch(threads, >= start+n, hd). scale: as attention's (no sliding window here).
-    """
+def attention_blocked(q, k, v, start, scratch, out, scale=0.0, window=0):
+    """attention() without softcap or sinks, for a prompt: a work item is (head, block of 16 queries), the
+    queries in the lanes (_lanes). head_dim: a multiple of 8. scratch: attention_scratch(threads, >= start+n, hd)."""
     n, heads, hd = q.shape
     scale = np.float32(1.0 / np.sqrt(hd)) if scale == 0.0 else np.float32(scale)
-    blocks = (n + QUERY_BLOCK - 1) // QUERY_BLOCK
+    blocks = (n + LANES - 1) // LANES
+    group = heads // k.shape[1]
     for item in prange(heads * blocks):
-        _attention_block(q, k, v, start, item // blocks, item % blocks * QUERY_BLOCK,
-                         scratch[numba.get_thread_id()], out, scale)
+        h, t0 = item // blocks, item % blocks * LANES
+        _lanes(q, k, v, start, h // group, t0, h, min(LANES, n - t0), 1, scratch[numba.get_thread_id()], out, scale, window)
+
+
+@njit(cache=True, parallel=True)
+def attention_heads(q, k, v, start, scratch, out, scale=0.0, window=0):
+    """attention() without softcap or sinks, for a token or a few: a work item is (query, KV head), the
+    query heads that share the KV head in the lanes (_lanes), so each key and value is read once for them."""
+    n, heads, hd = q.shape
+    kv_heads = k.shape[1]
+    group = heads // kv_heads
+    scale = np.float32(1.0 / np.sqrt(hd)) if scale == 0.0 else np.float32(scale)
+    per_kv = (group + LANES - 1) // LANES
+    for item in prange(n * kv_heads * per_kv):
+        t, rest = item // (kv_heads * per_kv), item % (kv_heads * per_kv)
+        kvh = rest // per_kv
+        h0 = kvh * group + rest % per_kv * LANES
+        _lanes(q, k, v, start, kvh, t, h0, min(LANES, kvh * group + group - h0), 0, scratch[numba.get_thread_id()],
+               out, scale, window)
+
+
+@njit(cache=True)
+def store_keys_transposed(kt, start, keys):
+    """kt (blocks, kv_heads, hd, 16) uint16 at positions start.. = keys (n, kv_heads, hd) as halves: the key
+    cache transposed into blocks of simd.KEY_BLOCK keys, as attention_decode reads it (the same bits as
+    store_as_half's)."""
+    n, heads, hd = keys.shape
+    for t in range(n):
+        b, i = divmod(start + t, simd.KEY_BLOCK)
+        for h in range(heads):
+            for j in range(hd):
+                kt[b, h, j, i] = simd.float_to_half(keys[t, h, j])
+
+
+def decode_scores(n_heads: int, n_ctx: int) -> np.ndarray:
+    """attention_decode's scores: (heads, n_ctx rounded up to whole key blocks)."""
+    return np.zeros((n_heads, -(-n_ctx // 16) * 16), np.float32)
+
+
+@njit(cache=True, parallel=True, error_model="numpy")
+def attention_decode(q, kt, v, start, scores, out, scale=0.0, window=0):
+    """_lanes' attention (without softcap or sinks) for a token or a few, the same bits, laid out for one
+    query: the scores with 16 keys in the lanes (simd.block_scores, from kt, the keys transposed:
+    store_keys_transposed), the softmax one head at a time, the weighted sum with head dimensions in
+    the lanes (simd.heads_weighted_sum). A work item is (query, up to simd.HEADS_AT_ONCE heads sharing a
+    KV head). kt: (>= blocks, kv_heads, hd, 16); v: (>= start+n, kv_heads, hd) uint16; scores:
+    decode_scores(heads, >= start+n); hd a multiple of 16."""
+    n, heads, hd = q.shape
+    kv_heads = v.shape[1]
+    group = heads // kv_heads
+    scale = np.float32(1.0 / np.sqrt(hd)) if scale == 0.0 else np.float32(scale)
+    per_kv = (group + simd.HEADS_AT_ONCE - 1) // simd.HEADS_AT_ONCE
+    for t in range(n):                          # one query at a time: they share the scores' rows
+        for item in prange(kv_heads * per_kv):
+            h0 = item // per_kv * group + item % per_kv * simd.HEADS_AT_ONCE
+            _decode_heads(q[t], kt, v, start + t, item // per_kv, h0,
+                          min(simd.HEADS_AT_ONCE, (item // per_kv + 1) * group - h0), scores, out[t], scale, window)
 
 
 @njit(cache=True, error_model="numpy")
-def _attention_block(q, k, v, start, h, t0, mine, out, scale):
-    """Queries t0..t0+15 of head h (fewer at the end); mine: this thread's scratch."""
+def _decode_heads(q, kt, v, pos, kvh, h0, count, scores, out, scale, window):
+    """attention_decode's work item: heads h0..h0+count-1 (sharing KV head kvh) of the query at pos."""
+    hd = q.shape[1]
+    keys = pos + 1
+    lo = max(0, keys - window) if window > 0 else 0
+    for b in range(lo // simd.KEY_BLOCK, (keys + simd.KEY_BLOCK - 1) // simd.KEY_BLOCK):
+        simd.block_scores(scores, q, h0, count, b, kt, kvh, scale)
+    for h in range(h0, h0 + count):
+        s = scores[h]
+        top = np.float32(-np.inf)
+        for p in range(lo, keys):
+            top = max(top, s[p])
+        for p in range(lo, keys):
+            s[p] = exp(s[p] - top)
+    simd.heads_weighted_sum(out, scores, h0, count, lo, keys, v, kvh)
+    for h in range(h0, h0 + count):
+        total = np.float32(0.0)
+        for p in range(lo, keys):   # in key order, as _lanes sums
+            total += scores[h, p]
+        for j in range(hd):
+            out[h, j] = out[h, j] / total
+
+
+@njit(cache=True, error_model="numpy")
+def _lanes(q, k, v, start, kvh, t0, h0, m, step, mine, out, scale, window):
+    """The one definition of attention (without softcap or sinks), for m <= 16 lanes at once: lane i is query
+    t0 + step * i of head h0 + (1 - step) * i (step 1: a block of queries of one head; 0: the heads of one
+    query that share KV head kvh). Per lane, in this order:
+
+        qs = q * scale;  s[p] = sum over j in order of qs[j] * k[p, j] (fused multiply-adds)
+        e[p] = exp(s[p] - max), 0 for the keys it does not see; total = sum over p in order of e[p]
+        out[j] = (sum over p in order of e[p] * v[p, j]) / total
+
+    Keys a lane does not see add exact zeros, so its result depends on its own position only: the same
+    bits alone, in a batch, or beside any other queries (batch invariance). mine: this thread's scratch."""
     n, heads, hd = q.shape
-    kvh = h // (heads // k.shape[1])
     n_ctx = mine.shape[0] - 2 * hd - 1
     s, qt, ot = mine[:n_ctx], mine[n_ctx : n_ctx + hd], mine[n_ctx + hd : n_ctx + 2 * hd]  # (keys | hd | hd, 16)
     total = mine[n_ctx + 2 * hd]                                                            # (16,)
-    m = min(QUERY_BLOCK, n - t0)
     for j in range(hd):
-        for i in range(QUERY_BLOCK):
-            qt[j, i] = q[t0 + i, h, j] * scale if i < m else np.float32(0.0)
-    keys = start + t0 + m                         # the keys the block's last query sees
-    full = keys - keys % simd.KEYS_AT_ONCE
-    for p in range(0, full, simd.KEYS_AT_ONCE):
+        for i in range(LANES):
+            qt[j, i] = q[t0 + step * i, h0 + (1 - step) * i, j] * scale if i < m else np.float32(0.0)
+    first = start + t0                                  # lane 0's position
+    keys = first + step * (m - 1) + 1                   # the keys the last lane sees
+    lo = max(0, first - window + 1) if window > 0 else 0
+    full = lo + (keys - lo) // simd.KEYS_AT_ONCE * simd.KEYS_AT_ONCE
+    for p in range(lo, full, simd.KEYS_AT_ONCE):
         simd.rows_scores(s, p, qt, k, kvh)
     for p in range(full, keys):
         simd.row_scores(s, p, qt, k, kvh)
-    simd.rows_softmax(s, keys, start + t0, total)
+    simd.rows_softmax(s, lo, keys, first, step, window, total)
     for j in range(0, hd, simd.KEYS_AT_ONCE):
-        simd.rows_weighted_sum(ot, j, s, keys, v, kvh)
+        simd.rows_weighted_sum(ot, j, s, lo, keys, v, kvh)
     for i in range(m):
         for j in range(hd):
-            out[t0 + i, h, j] = ot[j, i] / total[i]
+            out[t0 + step * i, h0 + (1 - step) * i, j] = ot[j, i] / total[i]
 
 
 @_rowwise()

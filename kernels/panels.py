@@ -17,7 +17,10 @@ quants is decoded once per row, and each of its 8 words of 4 weights is broadcas
 vpdpbusd multiplies unsigned by signed bytes. Unsigned quants (4-bit, 5-bit, K-quants) are the
 unsigned side, and a format's offset (Q4_0's 8) starts the sum at -offset * sumpanel. Signed
 quants (Q8_0, IQ4) are the signed side against the activations shifted by 128, and the sum starts
-at -128 * sum(w). Formats with 16-weight sub-blocks keep the two halves of a chunk apart.
+at -128 * sum(w). Super-blocks (K-quants, IQ4_XS) multiply each chunk's (or 16 weights') sum by its
+integer scale and scale the block's sum once. The float operations per output are those of
+kernels.quant's row dots, in the same order (its "arithmetic" comment): a token's result is the
+same bits here as decoded alone.
 
 The numpy definition is the same as for kernels.matmul: x @ dequantize(W).T.
 """
@@ -27,13 +30,14 @@ import os
 
 import numpy as np
 from llvmlite import ir
-from numba import njit, prange, types
+from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
 from . import cpu
-from .blocks import FORMATS
-from .simd import F32, I8, I32, _call_intrinsic, _const, _row_pointers, _splat, _store_out, vec
+from .blocks import FORMATS, _SuperBlock
+from .simd import (F32, I8, I16, I32, _call_intrinsic, _const, _load_at, _row_pointers, _splat, _store_out,
+                   half_bits_to_float, vec)
 
 # With VNNI; LLAMAFILE_PANELS=1 forces the panels on any x86 CPU, the dot products emulated (slowly), so
 # that their logic is tested on machines without VNNI (tests/test_kernels.py).
@@ -106,9 +110,10 @@ def _panel_tile(fmt, R, G):
             blocks = [builder.gep(row, [builder.mul(loop.index, ir.Constant(loop.index.type, fmt.nbytes))])
                       for row in rows]
             headers = [fmt.header(builder, blk) for blk in blocks]
-            for c in range(C):
-                ch = builder.add(builder.mul(loop.index, ir.Constant(loop.index.type, C)), ir.Constant(loop.index.type, c))
-                _chunk(builder, fmt, c, ch, blocks, headers, x_groups, d_groups, s_groups, sum_groups, accs, G)
+            if isinstance(fmt, _SuperBlock):
+                _super_block(builder, fmt, loop.index, blocks, headers, x_groups, d_groups, s_groups, sum_groups, accs, G)
+            else:
+                _chunk(builder, fmt, loop.index, blocks, headers, x_groups, d_groups, s_groups, sum_groups, accs, G)
 
         first_token = builder.mul(g0, ir.Constant(g0.type, LANES))
         for r in range(R):
@@ -126,60 +131,110 @@ def _panel_tile(fmt, R, G):
     return intrinsic(typer)
 
 
-def _chunk(builder, fmt, c, ch, blocks, headers, x_groups, d_groups, s_groups, sum_groups, accs, G):
-    """accs[r][g] += chunk c (of its block; ch overall) of every row times the G groups of 16 tokens."""
-    halves = 2 if (fmt.lane_scales or fmt.min_kind == "lanes") else 1   # separate sums per 16 weights
-    per_half = 8 // halves                                               # words of 4 weights
-    fmuladd = "llvm.fmuladd.v16f32"
+def _int_sums(builder, fmt, quants, first, count, x_word, starts_from):
+    """The G groups' <16 x i32> sums of words first..first+count-1 of a chunk's quants (<32 x i8>) times the
+    activations: exact integers, the format's offset or sign correction included. starts_from(): the
+    offset's per-group starts (-offset * the activations' sums), for unsigned formats with an offset."""
+    G = len(x_word)
+    if fmt.signed:   # -128 * sum(w): the activations come shifted by 128
+        part = _pick(builder, quants, list(range(4 * first, 4 * (first + count))))
+        total = _call_intrinsic(builder, f"llvm.vector.reduce.add.v{4 * count}i32", I32,
+                                [builder.sext(part, vec(I32, 4 * count))])
+        sums = [_splat(builder, builder.mul(total, ir.Constant(I32, -128)), LANES)] * G
+    elif fmt.offset:
+        sums = starts_from()
+    else:
+        sums = [ir.Constant(vec(I32, LANES), None)] * G
+    q_words = builder.bitcast(quants, vec(I32, 8))
+    for j in range(first, first + count):
+        q_j = _splat(builder, builder.extract_element(q_words, ir.Constant(I32, j)), LANES)
+        for g in range(G):
+            x_j = x_word[g](j)
+            sums[g] = _vpdpbusd(builder, sums[g], x_j, q_j) if fmt.signed else _vpdpbusd(builder, sums[g], q_j, x_j)
+    return sums
+
+
+def _chunk_access(builder, ch, x_groups, sum_groups):
+    """(x_word[g](j): word j of chunk ch's activations for group g, x_sums(g, h): their sums of 16, half h)."""
     words = builder.mul(ch, ir.Constant(ch.type, 8))                   # the chunk's first int32 of x
-    zero_i = ir.Constant(vec(I32, LANES), None)
 
-    def x_word(g, j):
-        return _lane_vector(builder, x_groups[g], builder.add(words, ir.Constant(ch.type, j)), I32)
+    def x_word(g):
+        return lambda j: _lane_vector(builder, x_groups[g], builder.add(words, ir.Constant(ch.type, j)), I32)
 
-    def x_sums(g, h):                                                  # sums of 16 activations: h-th half
+    def x_sums(g, h):
         return _lane_vector(builder, sum_groups[g], builder.add(builder.mul(ch, ir.Constant(ch.type, 2)),
                                                                 ir.Constant(ch.type, h)), I32)
+    return [x_word(g) for g in range(len(x_groups))], x_sums
 
+
+def _chunk(builder, fmt, ch, blocks, headers, x_groups, d_groups, s_groups, sum_groups, accs, G):
+    """accs[r][g] += block ch (32 weights) of every row times the G groups of 16 tokens."""
+    fmuladd = "llvm.fmuladd.v16f32"
+    x_word, x_sums = _chunk_access(builder, ch, x_groups, sum_groups)
     d_x = [_lane_vector(builder, d_groups[g], ch, F32) for g in range(G)]
     s_x = [_lane_vector(builder, s_groups[g], ch, F32) for g in range(G)] if fmt.min_kind == "chunk" else None
     for r, (blk, hdr) in enumerate(zip(blocks, headers)):
-        quants = fmt.quants(builder, blk, hdr, c)                      # <32 x i8>
-        q_words = builder.bitcast(quants, vec(I32, 8))
-        scale, low_min = fmt.scale(builder, blk, hdr, c), fmt.min(builder, blk, hdr, c)
-        isums = [[None] * halves for _ in range(G)]
-        for h in range(halves):
-            first = h * per_half
-            if fmt.signed:   # -128 * sum(w): the activations come shifted by 128
-                part = _pick(builder, quants, list(range(4 * first, 4 * (first + per_half))))
-                total = _call_intrinsic(builder, f"llvm.vector.reduce.add.v{4 * per_half}i32", I32,
-                                        [builder.sext(part, vec(I32, 4 * per_half))])
-                starts = [_splat(builder, builder.mul(total, ir.Constant(I32, -128)), LANES)] * G
-            elif fmt.offset:
-                starts = [_x_sum_range(builder, x_sums, g, h, halves, -fmt.offset) for g in range(G)]
-            else:
-                starts = [zero_i] * G
-            sums = list(starts)
-            for j in range(first, first + per_half):
-                q_j = _splat(builder, builder.extract_element(q_words, ir.Constant(I32, j)), LANES)
-                for g in range(G):
-                    x_j = x_word(g, j)
-                    sums[g] = _vpdpbusd(builder, sums[g], x_j, q_j) if fmt.signed else _vpdpbusd(builder, sums[g], q_j, x_j)
-            for g in range(G):
-                isums[g][h] = sums[g]
+        quants = fmt.quants(builder, blk, hdr, 0)                      # <32 x i8>
+        sums = _int_sums(builder, fmt, quants, 0, 8, x_word,
+                         lambda: [_x_sum_range(builder, x_sums, g, 0, 1, -fmt.offset) for g in range(G)])
+        scale = _pick(builder, fmt.scale(builder, blk, hdr, 0), [0] * LANES)
         for g in range(G):
-            acc = builder.load(accs[r][g])
-            for h in range(halves):
-                s_h = _pick(builder, scale, [4 * h] * LANES)      # the scale of (half h of) the chunk
-                acc = _call_intrinsic(builder, fmuladd, vec(F32, LANES), [
-                    builder.sitofp(isums[g][h], vec(F32, LANES)), builder.fmul(s_h, d_x[g]), acc])
+            acc = _call_intrinsic(builder, fmuladd, vec(F32, LANES), [
+                builder.sitofp(sums[g], vec(F32, LANES)), builder.fmul(scale, d_x[g]), builder.load(accs[r][g])])
             if fmt.min_kind == "chunk":
-                acc = _call_intrinsic(builder, fmuladd, vec(F32, LANES), [_pick(builder, low_min, [0] * LANES), s_x[g], acc])
+                acc = _call_intrinsic(builder, fmuladd, vec(F32, LANES), [
+                    _pick(builder, fmt.min(builder, blk, hdr, 0), [0] * LANES), s_x[g], acc])
+            builder.store(acc, accs[r][g])
+
+
+def _super_block(builder, fmt, index, blocks, headers, x_groups, d_groups, s_groups, sum_groups, accs, G):
+    """accs[r][g] += one super-block of every row times the G groups of 16 tokens: scale * (quants - offset)
+    . x summed in integers over the block (and min * sum(x) for minimums per 16), then times d * dx (and
+    -dmin * dx); minimums per chunk a float term per chunk first. As kernels.quant's dots sum it."""
+    C, halves = fmt.chunks, 2 if (fmt.lane_scales or fmt.min_kind == "lanes") else 1
+    per_half = 8 // halves
+    zero_i = ir.Constant(vec(I32, LANES), None)
+    isums = [[zero_i] * G for _ in blocks]
+    msums = [[zero_i] * G for _ in blocks]
+    first_chunk = builder.mul(index, ir.Constant(index.type, C))
+    for c in range(C):
+        ch = builder.add(first_chunk, ir.Constant(index.type, c))
+        x_word, x_sums = _chunk_access(builder, ch, x_groups, sum_groups)
+        for r, (blk, hdr) in enumerate(zip(blocks, headers)):
+            quants = fmt.quants(builder, blk, hdr, c)
+            scale = fmt.int_scale(builder, blk, hdr, c)
+            for h in range(halves):
+                sums = _int_sums(builder, fmt, quants, h * per_half, per_half, x_word,
+                                 lambda: [_x_sum_range(builder, x_sums, g, h, halves, -fmt.offset) for g in range(G)])
+                s_h = _pick(builder, scale, [4 * h] * LANES)
+                for g in range(G):
+                    isums[r][g] = builder.add(isums[r][g], builder.mul(sums[g], s_h))
+            if fmt.min_kind == "chunk":    # -dmin * min times the chunk's xs, a float term per chunk
+                m = _pick(builder, fmt.min(builder, blk, hdr, c), [0] * LANES)
+                for g in range(G):
+                    s_x = _lane_vector(builder, s_groups[g], ch, F32)
+                    builder.store(_call_intrinsic(builder, "llvm.fmuladd.v16f32", vec(F32, LANES),
+                                                  [m, s_x, builder.load(accs[r][g])]), accs[r][g])
             elif fmt.min_kind == "lanes":
+                low_min = fmt.int_min(builder, blk, hdr, c)
                 for h in range(halves):
                     m_h = _pick(builder, low_min, [4 * h] * LANES)
-                    acc = _call_intrinsic(builder, fmuladd, vec(F32, LANES), [
-                        builder.sitofp(x_sums(g, h), vec(F32, LANES)), builder.fmul(m_h, d_x[g]), acc])
+                    for g in range(G):
+                        msums[r][g] = builder.add(msums[r][g], builder.mul(x_sums(g, h), m_h))
+
+    fmuladd = "llvm.fmuladd.v16f32"
+    d_x = [_lane_vector(builder, d_groups[g], first_chunk, F32) for g in range(G)]
+    for r, blk in enumerate(blocks):
+        d = half_bits_to_float(builder, _splat(builder, _load_at(builder, blk, fmt.d_at, I16), LANES))
+        dmin = builder.fneg(half_bits_to_float(builder, _splat(builder, _load_at(builder, blk, fmt.dmin_at, I16), LANES))) \
+            if fmt.min_kind == "lanes" else None
+        for g in range(G):
+            acc = builder.load(accs[r][g])
+            acc = _call_intrinsic(builder, fmuladd, vec(F32, LANES), [
+                builder.sitofp(isums[r][g], vec(F32, LANES)), builder.fmul(d, d_x[g]), acc])
+            if fmt.min_kind == "lanes":
+                acc = _call_intrinsic(builder, fmuladd, vec(F32, LANES), [
+                    builder.sitofp(msums[r][g], vec(F32, LANES)), builder.fmul(dmin, d_x[g]), acc])
             builder.store(acc, accs[r][g])
 
 

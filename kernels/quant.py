@@ -1,17 +1,17 @@
-"""Row dots and register tiles for every quantised format, from its decoder (kernels.blocks).
+"""Products of quantised weight rows and 8-bit activations for every format, from its decoder (kernels.blocks).
 
-One algorithm, specialised per format by the decoder it is built with:
+One algorithm, specialised per format by the decoder it is built with (dots): R weight rows times
+T tokens, the chunks of 32 weights in order. Integer sums per chunk (or per 16 weights):
 
-    for each step (P chunks of 32 weights side by side: 2 in a 512-bit register, else 1):
-        isum  = (quants - offset) . xq              integer dot product, 8P int32 lanes of 4 products
-        acc  += float(isum) * scale * dx            one multiply-add per 8P lanes
-        acc  += float(sum4(xq)) * min * dx          formats with per-16 minimums (Q2_K)
-        extra += min * xs                           formats with a minimum per chunk (Q4_1, Q4_K, ...)
+    isum = (quants - offset) . xq             exact, 8 int32 lanes of 4 products, then summed across
+                                              lanes (_fold) into one integer per output
 
-with the activations quantised to 8 bits per 32 (kernels.matmul.quantize_q8: xq, dx, xs = dx sum(xq),
-xsum4 = sums of 4 adjacent xq). Super-blocks (K-quants, IQ4_XS: q8_k activations, one dx per 256) take
-dx into their header's scales once per block, and their chunk minimums are one 8-lane multiply-add
-per block (_Blocks.times_dx, chunk_min_terms). The numpy definition: x @ weights.quants.dequantize(W).T.
+and then one float chain per output, the same as the VNNI prompt panels' (kernels.panels), so a
+token's result does not depend on which kernel computed it (see "the arithmetic" below).
+
+The activations are quantised to 8 bits per 32 (kernels.matmul.quantize_q8: xq, dx, xs = dx sum(xq),
+xsum4 = sums of 4 adjacent xq; super-blocks take q8_k, one dx per 256). The numpy definition:
+x @ weights.quants.dequantize(W).T.
 """
 from __future__ import annotations
 
@@ -20,11 +20,13 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .simd import (F32, I8, I32, WIDE, _block_loop, _call_intrinsic, _concat, _const, _int_dot, _load_vec, _ptr,
-                   _reduce_fadd, _row_pointers, _splat, _store_out, vec)
+from .blocks import _SuperBlock
+from .simd import (F32, I8, I16, I32, WIDE, _call_intrinsic, _concat, _const, _int_dot, _load_at, _load_vec,
+                   _row_pointers, _splat, _store_out, half_bits_to_float, prefetch, prefetch_next_rows, vec)
 
-P_WIDE = 2 if WIDE else 1   # chunks per step
-TILE = (4, 4) if WIDE else (2, 3)  # rows x tokens: accumulators must fit the register file
+P_WIDE = 2 if WIDE else 1            # chunks per step
+ROWS = 8 if WIDE else 4              # rows of a token's dots (T = 1)
+TILE = (4, 2) if WIDE else (2, 2)    # rows x tokens of a few-token batch's tile: R*T <= 8
 
 
 class _Blocks:
@@ -39,57 +41,21 @@ class _Blocks:
                        for k in range(max(1, n_chunks // C))]
         self.headers = [fmt.header(b, blk) for blk in self.blocks]
 
-    def times_dx(self, x, first_chunk):
-        """Super-blocks (q8_k activations, one scale per 256): the headers' scales, and per-lane minimums,
-        times the token's scale, once a super-block rather than once a chunk. The minimums per chunk are
-        left alone: the block's whole term is chunk_terms (one multiply-add of 8 lanes)."""
+    def group(self, first, P):
+        """Blocks of 32 weights first..first+P-1 of the step -> (quants <32P x i8>, scale <8P x float>,
+        mins <P x float> | None)."""
         b, fmt = self.b, self.fmt
-
-        def times(v, k):
-            dx = b.load(b.gep(x.d, [b.add(first_chunk, ir.Constant(first_chunk.type, k * fmt.chunks))]))
-            return b.fmul(v, _splat(b, dx, v.type.count))
-        if isinstance(self.headers[0], tuple):
-            return [(times(h[0], k), times(h[1], k) if fmt.min_kind == "lanes" else h[1])
-                    for k, h in enumerate(self.headers)]
-        return [times(h, k) for k, h in enumerate(self.headers)]
-
-    def chunk_min_terms(self, x, first_chunk, extra):
-        """extra (<8 x float>) += each block's chunk minimums times the chunks' activation sums (Q4_K, Q5_K)."""
-        b = self.b
-        for k, hdr in enumerate(self.headers):
-            xs = _per_chunk(b, x.s, b.add(first_chunk, ir.Constant(first_chunk.type, k * self.fmt.chunks)), 8, F32)
-            extra = _call_intrinsic(b, "llvm.fmuladd.v8f32", vec(F32, 8), [hdr[1], xs, extra])
-        return extra
-
-    def group(self, first, P, headers=None):
-        """Chunks first..first+P-1 of the step -> (quants <32P x i8>, scale <8P x float>,
-        chunk mins <P x float> | None, lane mins <8P x float> | None). headers: times_dx's, for super-blocks."""
-        b, fmt, C = self.b, self.fmt, self.fmt.chunks
-        headers = headers or self.headers
-        parts = [(self.blocks[j // C], headers[j // C], j % C) for j in range(first, first + P)]
-        quants = _concat(b, [fmt.quants(b, blk, hdr, c) for blk, hdr, c in parts])
-        scale = _concat(b, [fmt.scale(b, blk, hdr, c) for blk, hdr, c in parts])
-        mins = [fmt.min(b, blk, hdr, c) for blk, hdr, c in parts]
-        chunk_min = _first_lanes(b, _concat(b, mins)) if fmt.min_kind == "chunk" else None
-        lane_min = _concat(b, mins) if fmt.min_kind == "lanes" else None
-        return quants, scale, chunk_min, lane_min
+        parts = [(self.blocks[j], self.headers[j]) for j in range(first, first + P)]
+        quants = _concat(b, [fmt.quants(b, blk, hdr, 0) for blk, hdr in parts])
+        scale = _concat(b, [fmt.scale(b, blk, hdr, 0) for blk, hdr in parts])
+        mins = _first_lanes(b, _concat(b, [fmt.min(b, blk, hdr, 0) for blk, hdr in parts])) if fmt.min_kind else None
+        return quants, scale, mins
 
 
 def _first_lanes(b, v):
     """<8P x T> -> <P x T>: lane 0 of each chunk's 8."""
     P = v.type.count // 8
     return b.shuffle_vector(v, v, ir.Constant(vec(I32, P), [8 * i for i in range(P)]))
-
-
-def _spread(b, v):
-    """<P x T> per chunk -> <8P x T>: each lane gets its chunk's value."""
-    P = v.type.count
-    return b.shuffle_vector(v, v, ir.Constant(vec(I32, 8 * P), [lane // 8 for lane in range(8 * P)]))
-
-
-def _per_chunk(b, ptr, ch, P, elt):
-    """P consecutive values from ptr[ch] -> <P x elt>."""
-    return b.load(b.bitcast(b.gep(ptr, [ch]), vec(elt, P).as_pointer()), align=1)
 
 
 class _Activations:
@@ -99,42 +65,11 @@ class _Activations:
         self.q, self.d, self.s, self.sum4 = q, d, s, sum4
 
     def chunk_terms(self, b, fmt, ch, P):
-        """(xq <32P x i8>, dx <8P x float>, integer start <8P x i32>, xsum4 <8P x float> | None)."""
+        """(xq <32P x i8>, integer start <8P x i32>, xsum4 <8P x i32> | None)."""
         xq = _load_vec(b, self.q, ch, 32, vec(I8, 32 * P))
-        dx = _spread(b, _per_chunk(b, self.d, ch, P, F32))
-        sums = _load_vec(b, self.sum4, ch, 8, vec(I32, 8 * P)) if fmt.offset or fmt.min_kind == "lanes" else None
+        sums = _load_vec(b, self.sum4, ch, 8, vec(I32, 8 * P)) if fmt.offset or fmt.min_kind else None
         start = b.mul(sums, _const(vec(I32, 8 * P), -fmt.offset)) if fmt.offset else ir.Constant(vec(I32, 8 * P), None)
-        sum4 = b.sitofp(sums, vec(F32, 8 * P)) if fmt.min_kind == "lanes" else None
-        return xq, dx, start, sum4
-
-
-def _super(fmt) -> bool:
-    """Super-block formats: their activations have one scale per 256 (q8_k), multiplied into the block's
-    header once (_Blocks.times_dx), and their chunk minimums are one term per block (chunk_min_terms)."""
-    return fmt.activations == "q8_k"
-
-
-def _accumulate(b, fmt, group, x, ch, P, acc, extra):
-    """acc (<8P x float>), extra (<P x float>) += one group of P chunks times one token's activations
-    (super-blocks: the scales in group carry dx already, and the chunk minimums are added per block)."""
-    quants, scale, chunk_min, lane_min = group
-    xq, dx, start, sum4 = x.chunk_terms(b, fmt, ch, P)
-    isum = _int_dot(b, quants, xq, not fmt.signed, start)
-    fmuladd = f"llvm.fmuladd.v{8 * P}f32"
-    if not _super(fmt):
-        scale = b.fmul(scale, dx)
-        lane_min = b.fmul(lane_min, dx) if lane_min is not None else None
-    acc = _call_intrinsic(b, fmuladd, vec(F32, 8 * P), [b.sitofp(isum, vec(F32, 8 * P)), scale, acc])
-    if lane_min is not None:
-        acc = _call_intrinsic(b, fmuladd, vec(F32, 8 * P), [sum4, lane_min, acc])
-    if chunk_min is not None and not _super(fmt):
-        extra = b.fadd(extra, b.fmul(chunk_min, _per_chunk(b, x.s, ch, P, F32)))
-    return acc, extra
-
-
-def _extra_lanes(fmt, P):
-    """The width of the accumulator of minimum terms: a chunk's (P), or a super-block's 8 chunks."""
-    return 8 if _super(fmt) and fmt.min_kind == "chunk" else P
+        return xq, start, sums
 
 
 def _steps(fmt):
@@ -142,110 +77,197 @@ def _steps(fmt):
     return max(P_WIDE, fmt.chunks), P_WIDE
 
 
-def _activation_pointers(context, builder, tys, arrays, first=None, count=1):
-    """Pointers to the activations of tokens first..first+count-1 (or of a 1-D token row)."""
+def _super(fmt) -> bool:
+    """Super-blocks (kernels.blocks._SuperBlock): summed in integers over the whole block."""
+    return isinstance(fmt, _SuperBlock)
+
+
+def _activation_pointers(context, builder, tys, arrays, first, count):
+    """Pointers to the activations of tokens first..first+count-1."""
     elts = (I8, F32, F32, I32)
-    if first is None:
-        return [_Activations(*[_ptr(context, builder, ty, arr, ir.Constant(I32, 0), elt)
-                               for ty, arr, elt in zip(tys, arrays, elts)])]
     rows = [_row_pointers(context, builder, ty, arr, first, count) for ty, arr in zip(tys, arrays)]
     return [_Activations(*[builder.bitcast(rows[i][t], elts[i].as_pointer()) for i in range(4)]) for t in range(count)]
 
 
-def row_dot(fmt):
-    """Intrinsic dot(w, xq, xd, xs, xsum4, n_chunks) -> float32: one weight row (uint8 bytes) times one
-    token's 8-bit activations."""
+# --- the arithmetic every quantised product follows ------------------------------------------
+#
+# Batch invariance: a product's value must not depend on which kernel computed it (a token decoded
+# alone, in a few-token batch, or in a prompt's VNNI panels, kernels.panels), so all of them follow
+# one order per output. Blocks of 32 weights (Q8_0, Q4_0, ...):
+#
+#     acc = 0
+#     for each chunk of 32 weights, in order:
+#         acc = fma(float(isum), scale * dx, acc)          isum: the chunk's exact integer sum
+#         acc = fma(min, xs, acc)                          a minimum per chunk (Q4_1, Q5_1)
+#
+# Super-blocks of 256 (K-quants, IQ4_XS; kernels.blocks._SuperBlock), as llama.cpp sums them:
+#
+#     for each super-block, in order:
+#         acc = fma(min_c, xs_c, acc) for its 8 chunks     a minimum per chunk (Q4_K, Q5_K: -dmin * min)
+#         acc = fma(float(sum of scale * isum), d * dx, acc)   integer scales, exact over the block
+#         acc = fma(float(sum of min * sum(xq)), -dmin * dx, acc)   minimums per 16 (Q2_K)
+#
+# Integer sums are exact whatever their order, so only the float chain has to be followed. A
+# register tile here computes the integer sums of N = R*T outputs the way the CPU likes (lanes along
+# the chunk), reduces them across lanes to one integer per output (_fold), and then runs the chain
+# with the N outputs in the lanes of one accumulator.
+
+def _fold(b, vectors, G, combine):
+    """vectors: N <L x T>, one per output, in aligned groups of G lanes -> [(vector, labels)], fewer
+    vectors whose lanes are each one group: labels[lane] = (output, group). combine: "add" sums a
+    group (pairs of lanes, then pairs of pairs: exact for integers and small integral floats),
+    "take" keeps its first lane (for groups of equal lanes, such as a chunk's scale)."""
+    L = vectors[0].type.count
+    items = [(v, [(o, lane // G) for lane in range(L)]) for o, v in enumerate(vectors)]
+    if G == 1:
+        return items
+    even = ir.Constant(vec(I32, L), [2 * j for j in range(L // 2)] + [L + 2 * j for j in range(L // 2)])
+    odd = ir.Constant(vec(I32, L), [2 * j + 1 for j in range(L // 2)] + [L + 2 * j + 1 for j in range(L // 2)])
+    size = G
+    while size > 1:
+        folded = []
+        for i in range(0, len(items), 2):
+            (a, la), (c, lc) = items[i], items[i + 1] if i + 1 < len(items) else items[i]
+            v = b.shuffle_vector(a, c, even)
+            if combine == "add":
+                other = b.shuffle_vector(a, c, odd)
+                v = b.add(v, other) if isinstance(v.type.element, ir.IntType) else b.fadd(v, other)
+            folded.append((v, [la[2 * j] for j in range(L // 2)] + [lc[2 * j] for j in range(L // 2)]))
+        items, size = folded, size // 2
+    return items
+
+
+def _pick(b, items, labels):
+    """The lanes labelled `labels` from _fold's items -> <len(labels) x T>."""
+    while len(items) & (len(items) - 1):
+        items = items + items[-1:]
+    where = {}
+    L = items[0][0].type.count
+    for i, (_, lab) in enumerate(items):
+        for lane, key in enumerate(lab):
+            where.setdefault(key, i * L + lane)
+    wide = _concat(b, [v for v, _ in items])
+    return b.shuffle_vector(wide, wide, ir.Constant(vec(I32, len(labels)), [where[key] for key in labels]))
+
+
+def _token_lanes(b, values, R):
+    """One float per token (T of them) -> <R*T x float>: output o = r*T + t takes token t's."""
+    T = len(values)
+    if T == 1:
+        return _splat(b, values[0], R)
+    v = ir.Constant(vec(F32, T), None)
+    for t, value in enumerate(values):
+        v = b.insert_element(v, value, ir.Constant(I32, t))
+    return b.shuffle_vector(v, v, ir.Constant(vec(I32, R * T), [o % T for o in range(R * T)]))
+
+
+def dots(fmt, R, T):
+    """Intrinsic dots(w, r0, xq, xd, xs, xsum4, t0, out): out[t0:t0+T, r0:r0+R] = R weight rows (uint8
+    bytes) times T tokens' 8-bit activations, in the order above. Each chunk is decoded once per row and
+    each token's activations loaded once, for all R*T products (R*T <= 8 lanes of integer sums)."""
     per_step, P = _steps(fmt)
+    N = R * T
+    fmuladd = f"llvm.fmuladd.v{N}f32"
 
     def codegen(context, builder, sig, args):
-        w, *acts, n_chunks = args
-        row = _ptr(context, builder, sig.args[0], w, ir.Constant(I32, 0), I8)
-        x = _activation_pointers(context, builder, sig.args[1:5], acts)[0]
-
-        def body_for(P, per_step, base):
-            def body(i, acc, extra):
-                first = builder.add(base, builder.mul(i, ir.Constant(i.type, per_step)))
-                blocks = _Blocks(builder, fmt, row, first, per_step)
-                headers = blocks.times_dx(x, first) if _super(fmt) else None
-                for g in range(0, per_step, P):
-                    acc, extra = _accumulate(builder, fmt, blocks.group(g, P, headers), x,
-                                             builder.add(first, ir.Constant(first.type, g)), P, acc, extra)
-                if _super(fmt) and fmt.min_kind == "chunk":
-                    extra = blocks.chunk_min_terms(x, first, extra)
-                return acc, extra
-            return body
-
-        steps = builder.udiv(n_chunks, ir.Constant(n_chunks.type, per_step))
-        zero = ir.Constant(n_chunks.type, 0)
-        total = _block_loop(builder, steps, 8 * P, body_for(P, per_step, zero), n_acc=2 if per_step > 2 else 4 // per_step,
-                            extra_lanes=_extra_lanes(fmt, P))
-        if per_step == 1 or fmt.chunks > 1:
-            return total
-        done = builder.mul(steps, ir.Constant(n_chunks.type, per_step))        # an odd block at the end
-        last = _block_loop(builder, builder.sub(n_chunks, done), 8, body_for(1, 1, done), n_acc=1)
-        return builder.fadd(total, last)
-
-    def typer(typingctx, w, xq, xd, xs, xsum4, n_chunks):
-        return types.float32(w, xq, xd, xs, xsum4, types.intp), codegen
-    return intrinsic(typer)
-
-
-def tile(fmt, R=TILE[0], T=TILE[1]):
-    """Intrinsic tile(w, r0, xq, xd, xs, xsum4, t0, out): out[t0:t0+T, r0:r0+R]. Each group of chunks is
-    decoded once per row and each token's activations loaded once, for all R*T products."""
-    per_step, P = _steps(fmt)
-
-    def codegen(context, builder, sig, args):
+        b = builder
         w, r0, xq, xd, xs, xsum4, t0, out = args
         w_ty, _, xq_ty, xd_ty, xs_ty, sum4_ty, _, out_ty = sig.args
-        n_chunks = cgutils.unpack_tuple(builder, context.make_array(xd_ty)(context, builder, xd).shape)[1]
-        rows = _row_pointers(context, builder, w_ty, w, r0, R)
-        tokens = _activation_pointers(context, builder, (xq_ty, xd_ty, xs_ty, sum4_ty), (xq, xd, xs, xsum4), t0, T)
+        n_chunks = cgutils.unpack_tuple(b, context.make_array(xd_ty)(context, b, xd).shape)[1]
+        rows = _row_pointers(context, b, w_ty, w, r0, R)
+        ahead = prefetch_next_rows(context, b, w_ty, w, rows)
+        tokens = _activation_pointers(context, b, (xq_ty, xd_ty, xs_ty, sum4_ty), (xq, xd, xs, xsum4), t0, T)
+        acc_slot = cgutils.alloca_once_value(b, ir.Constant(vec(F32, N), None))
+        outputs = [(r, t) for r in range(R) for t in range(T)]
 
-        def accumulators(P):
-            return [[(cgutils.alloca_once_value(builder, ir.Constant(vec(F32, 8 * P), None)),
-                      cgutils.alloca_once_value(builder, ir.Constant(vec(F32, _extra_lanes(fmt, P)), None)))
-                     for _ in range(T)] for _ in range(R)]
+        def x_lanes(ptr_of, ch):
+            return _token_lanes(b, [b.load(b.gep(ptr_of(x), [ch])) for x in tokens], R)
 
-        def run(P, per_step, first_chunk, accs):
-            blocks = [_Blocks(builder, fmt, row, first_chunk, per_step) for row in rows]
-            if _super(fmt):   # each token's scale enters each row's header: R * T headers a super-block
-                headers = [[blk.times_dx(tokens[t], first_chunk) for t in range(T)] for blk in blocks]
+        def row_halves(blocks, at):
+            """An f16 at byte `at` of each row's (first) block -> <N x float>, output o taking its row's."""
+            v = ir.Constant(vec(I16, N), None)
+            for o, (r, _) in enumerate(outputs):
+                v = b.insert_element(v, _load_at(b, blocks[r].blocks[0], at, I16), ir.Constant(I32, o))
+            return half_bits_to_float(b, v)
+
+        def run_super(first):
+            """One super-block of every row: integer sums over the block, then d (and dmin) once."""
+            acc = b.load(acc_slot)
+            blocks = [_Blocks(b, fmt, row, first, fmt.chunks) for row in rows]
+            prefetch_rows(blocks)
+            zero = ir.Constant(vec(I32, 8 * P), None)
+            isums, msums = [zero] * N, [zero] * N
+            for g in range(0, fmt.chunks, P):
+                ch = b.add(first, ir.Constant(first.type, g))
+                parts = [(blk.blocks[0], blk.headers[0]) for blk in blocks]
+                quants = [_concat(b, [fmt.quants(b, blk, hdr, c) for c in range(g, g + P)]) for blk, hdr in parts]
+                scales = [_concat(b, [fmt.int_scale(b, blk, hdr, c) for c in range(g, g + P)]) for blk, hdr in parts]
+                mins = [_concat(b, [fmt.int_min(b, blk, hdr, c) for c in range(g, g + P)]) for blk, hdr in parts] \
+                    if fmt.min_kind == "lanes" else None
+                xterms = [x.chunk_terms(b, fmt, ch, P) for x in tokens]
+                for o, (r, t) in enumerate(outputs):
+                    isum = _int_dot(b, quants[r], xterms[t][0], not fmt.signed, xterms[t][1])
+                    isums[o] = b.add(isums[o], b.mul(isum, scales[r]))
+                    if mins:
+                        msums[o] = b.add(msums[o], b.mul(xterms[t][2], mins[r]))
+            if fmt.min_kind == "chunk":     # each chunk's -dmin * min times its xs, in order
+                mins = _fold(b, [blocks[r].headers[0][1] for r, _ in outputs], 1, "take")
+                for c in range(fmt.chunks):
+                    xs = x_lanes(lambda x: x.s, b.add(first, ir.Constant(first.type, c)))
+                    acc = _call_intrinsic(b, fmuladd, vec(F32, N), [_pick(b, mins, [(o, c) for o in range(N)]), xs, acc])
+            everything = [(o, 0) for o in range(N)]
+            dx = x_lanes(lambda x: x.d, first)
+            isum = b.sitofp(_pick(b, _fold(b, isums, 8 * P, "add"), everything), vec(F32, N))
+            acc = _call_intrinsic(b, fmuladd, vec(F32, N), [isum, b.fmul(row_halves(blocks, fmt.d_at), dx), acc])
+            if fmt.min_kind == "lanes":
+                msum = b.sitofp(_pick(b, _fold(b, msums, 8 * P, "add"), everything), vec(F32, N))
+                dmin = b.fneg(row_halves(blocks, fmt.dmin_at))
+                acc = _call_intrinsic(b, fmuladd, vec(F32, N), [msum, b.fmul(dmin, dx), acc])
+            b.store(acc, acc_slot)
+
+        def prefetch_rows(blocks):
+            step_bytes = fmt.nbytes * len(blocks[0].blocks)
+            for blk in blocks:
+                for line in range(0, step_bytes, 64):
+                    prefetch(b, b.gep(blk.blocks[0], [b.add(ahead, ir.Constant(ahead.type, line))]))
+
+        def run(P, per_step, first):
+            if _super(fmt):
+                return run_super(first)
+            acc = b.load(acc_slot)
+            blocks = [_Blocks(b, fmt, row, first, per_step) for row in rows]
+            prefetch_rows(blocks)
             for g in range(0, per_step, P):
-                ch = builder.add(first_chunk, ir.Constant(first_chunk.type, g))
-                groups = [[blk.group(g, P, headers[r][t]) for t in range(T)] if _super(fmt) else [blk.group(g, P)] * T
-                          for r, blk in enumerate(blocks)]
-                for r in range(R):
-                    for t in range(T):
-                        acc, extra = accs[r][t]
-                        a, e = _accumulate(builder, fmt, groups[r][t], tokens[t], ch, P, builder.load(acc), builder.load(extra))
-                        builder.store(a, acc)
-                        builder.store(e, extra)
-            if _super(fmt) and fmt.min_kind == "chunk":
-                for r in range(R):
-                    for t in range(T):
-                        extra = accs[r][t][1]
-                        builder.store(blocks[r].chunk_min_terms(tokens[t], first_chunk, builder.load(extra)), extra)
+                ch = b.add(first, ir.Constant(first.type, g))
+                groups = [blk.group(g, P) for blk in blocks]
+                xterms = [x.chunk_terms(b, fmt, ch, P) for x in tokens]
+                isums = _fold(b, [_int_dot(b, groups[r][0], xterms[t][0], not fmt.signed, xterms[t][1])
+                                  for r, t in outputs], 8, "add")
+                scales = _fold(b, [groups[r][1] for r, _ in outputs], 8, "take")
+                if fmt.min_kind == "chunk":
+                    chunk_mins = _fold(b, [groups[r][2] for r, _ in outputs], 1, "take")
+                for p in range(P):
+                    c = b.add(ch, ir.Constant(ch.type, p))
+                    key = [(o, p) for o in range(N)]
+                    isum = b.sitofp(_pick(b, isums, key), vec(F32, N))
+                    scale = b.fmul(_pick(b, scales, key), x_lanes(lambda x: x.d, c))
+                    acc = _call_intrinsic(b, fmuladd, vec(F32, N), [isum, scale, acc])
+                    if fmt.min_kind == "chunk":
+                        xs = x_lanes(lambda x: x.s, c)
+                        acc = _call_intrinsic(b, fmuladd, vec(F32, N), [_pick(b, chunk_mins, key), xs, acc])
+            b.store(acc, acc_slot)
 
-        def totals(accs):
-            return [[builder.fadd(_reduce_fadd(builder, builder.load(a)), _reduce_fadd(builder, builder.load(e)))
-                     for a, e in row] for row in accs]
-
-        wide = accumulators(P)
-        steps = builder.udiv(n_chunks, ir.Constant(n_chunks.type, per_step))
-        with cgutils.for_range(builder, steps) as loop:
-            run(P, per_step, builder.mul(loop.index, ir.Constant(n_chunks.type, per_step)), wide)
-        sums = totals(wide)
+        steps = b.udiv(n_chunks, ir.Constant(n_chunks.type, per_step))
+        with cgutils.for_range(b, steps) as loop:
+            run(P, per_step, b.mul(loop.index, ir.Constant(n_chunks.type, per_step)))
         if per_step > 1 and fmt.chunks == 1:                                 # an odd block at the end
-            done = builder.mul(steps, ir.Constant(n_chunks.type, per_step))
-            narrow = accumulators(1)
-            with cgutils.for_range(builder, builder.sub(n_chunks, done)) as loop:
-                run(1, 1, builder.add(done, loop.index), narrow)
-            sums = [[builder.fadd(s, n) for s, n in zip(*pair)] for pair in zip(sums, totals(narrow))]
-        for r in range(R):
-            for t in range(T):
-                _store_out(context, builder, out_ty, out, builder.add(t0, ir.Constant(t0.type, t)),
-                           builder.add(r0, ir.Constant(r0.type, r)), sums[r][t])
+            done = b.mul(steps, ir.Constant(n_chunks.type, per_step))
+            with cgutils.for_range(b, b.sub(n_chunks, done)) as loop:
+                run(1, 1, b.add(done, loop.index))
+        acc = b.load(acc_slot)
+        for o, (r, t) in enumerate(outputs):
+            _store_out(context, b, out_ty, out, b.add(t0, ir.Constant(t0.type, t)), b.add(r0, ir.Constant(r0.type, r)),
+                       b.extract_element(acc, ir.Constant(I32, o)))
         return context.get_dummy_value()
 
     def typer(typingctx, w, r0, xq, xd, xs, xsum4, t0, out):

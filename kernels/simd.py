@@ -61,13 +61,12 @@ def _halves_sum(builder, v, n):
     return builder.add(lo, hi) if isinstance(v.type.element, ir.IntType) else builder.fadd(lo, hi)
 
 
-def _reduce_fadd(builder, acc):
-    # reassoc: an in-order reduction would serialise the lanes
-    lanes = acc.type.count
-    if lanes == 1:
-        return builder.extract_element(acc, ir.Constant(I32, 0))
-    return _call_intrinsic(builder, f"llvm.vector.reduce.fadd.v{lanes}f32", F32,
-                           [ir.Constant(F32, 0.0), acc], fastmath=("reassoc",))
+def _fixed_sum(builder, v):
+    """The lanes' sum in one fixed order (halves added, then halves of that, ...), whatever the caller:
+    the same bits from every tile shape (batch invariance)."""
+    while v.type.count > 1:
+        v = _halves_sum(builder, v, v.type.count)
+    return builder.extract_element(v, ir.Constant(I32, 0))
 
 
 def _native_halves() -> bool:
@@ -146,36 +145,6 @@ def _load_vec(builder, base, index, stride, vtype):
     return builder.load(builder.bitcast(p, vtype.as_pointer()), align=1)
 
 
-def _block_loop(builder, n, lanes, body, n_acc=4, extra_lanes=1):
-    """Sum body's contributions over steps 0..n-1 -> float32.
-
-    body(i, acc, extra) -> (acc, extra): acc a <lanes x float> accumulator, extra a
-    <extra_lanes x float> one (for per-block terms such as Q4_1's minimum). Steps go round-robin
-    to n_acc independent pairs of accumulators so consecutive steps do not wait on each other.
-    """
-    zero = ir.Constant(vec(F32, lanes), None)
-    accs = [cgutils.alloca_once_value(builder, zero) for _ in range(n_acc)]
-    extras = [cgutils.alloca_once_value(builder, ir.Constant(vec(F32, extra_lanes), None)) for _ in range(n_acc)]
-
-    def step(i, j):
-        new_acc, new_extra = body(i, builder.load(accs[j]), builder.load(extras[j]))
-        builder.store(new_acc, accs[j])
-        builder.store(new_extra, extras[j])
-
-    width = ir.Constant(n.type, n_acc)
-    with cgutils.for_range(builder, builder.udiv(n, width)) as loop:
-        first = builder.mul(loop.index, width)
-        for j in range(n_acc):
-            step(builder.add(first, ir.Constant(n.type, j)), j)
-    done = builder.mul(builder.udiv(n, width), width)
-    with cgutils.for_range(builder, builder.sub(n, done)) as loop:  # the remaining steps
-        step(builder.add(done, loop.index), 0)
-    total, extra = builder.load(accs[0]), builder.load(extras[0])
-    for acc, more in zip(accs[1:], extras[1:]):
-        total, extra = builder.fadd(total, builder.load(acc)), builder.fadd(extra, builder.load(more))
-    return builder.fadd(_reduce_fadd(builder, total), _reduce_fadd(builder, extra))
-
-
 def _int_dot32(builder, w, x, w_nonnegative):
     """<32 x i8> w . <32 x i8> x -> <8 x i32>, lane i summing bytes 4i..4i+3, without VNNI.
 
@@ -239,41 +208,6 @@ def _concat(builder, parts):
     return parts[0]
 
 
-def _float_dot(load_chunk, bytes_per_chunk):
-    """Row dot of a float format, 32 weights per step, against float32 activations."""
-    def codegen(context, builder, sig, args):
-        w, x, n_chunks = args
-        row = _ptr(context, builder, sig.args[0], w, ir.Constant(I32, 0), I8)
-        x_row = _ptr(context, builder, sig.args[1], x, ir.Constant(I32, 0), F32)
-
-        def body(i, acc, extra):                                                   # acc: <16 x float>
-            wv = load_chunk(builder, builder.gep(row, [builder.mul(i, ir.Constant(i.type, bytes_per_chunk))]))
-            prod = builder.fmul(wv, _load_vec(builder, x_row, i, 32, vec(F32, 32)), flags=("contract",))
-            return builder.fadd(acc, _halves_sum(builder, prod, 32), flags=("contract", "reassoc")), extra
-
-        return _block_loop(builder, n_chunks, 16, body)
-
-    def typer(typingctx, w, x, n_chunks):
-        return types.float32(w, x, types.intp), codegen
-    return intrinsic(typer)
-
-
-def _load_f32x32(builder, p):
-    return builder.load(builder.bitcast(p, vec(F32, 32).as_pointer()), align=1)
-
-
-def _load_f16x32(builder, p):
-    return half_bits_to_float(builder, builder.load(builder.bitcast(p, vec(I16, 32).as_pointer()), align=1))
-
-
-def _load_bf16x32(builder, p):
-    bits = builder.zext(builder.load(builder.bitcast(p, vec(I16, 32).as_pointer()), align=1), vec(I32, 32))
-    return builder.bitcast(builder.shl(bits, ir.Constant(vec(I32, 32), [16] * 32)), vec(F32, 32))
-
-
-dot_f32 = _float_dot(_load_f32x32, 128)
-dot_f16 = _float_dot(_load_f16x32, 64)
-dot_bf16 = _float_dot(_load_bf16x32, 64)
 
 
 @intrinsic
@@ -328,20 +262,40 @@ def _store_out(context, builder, aty, out, t, r, value):
     builder.store(value, builder.bitcast(p, F32.as_pointer()))
 
 
-def _tile(R, T, step, lanes, load_w, load_x, multiply_add):
+def prefetch(builder, p):
+    """Ask for the cache line at p in L2 (a prefetch never faults, wherever p points)."""
+    _call_intrinsic(builder, "llvm.prefetch.p0i8", ir.VoidType(), [p, ir.Constant(I32, 0), ir.Constant(I32, 2),
+                                                                  ir.Constant(I32, 1)])
+
+
+def prefetch_next_rows(context, builder, w_ty, w, rows):
+    """The offset of the same place in the next len(rows) rows, for a kernel reading several weight rows side by
+    side: more streams than the hardware prefetchers follow (from memory, Q8_0 and F16 decoded at half
+    speed 8 and 4 rows at a time without it). prefetch(builder, gep(row, offset + i)) as it goes."""
+    stride = cgutils.unpack_tuple(builder, context.make_array(w_ty)(context, builder, w).strides)[0]
+    return builder.mul(stride, ir.Constant(stride.type, len(rows)))
+
+
+def _tile(R, T, step, lanes, load_w, load_x, multiply_add, step_bytes):
     """Intrinsic tile(w, r0, x, t0, out): out[t0:t0+T, r0:r0+R] for float32 activations x, k a
-    multiple of step. Each step loads R rows' weights (load_w(builder, row, i)) and T tokens'
-    activations (load_x(builder, x_row, i)) once and forms all R*T products from registers,
+    multiple of step. Each step loads R rows' weights (load_w(builder, row, i); step_bytes each) and T
+    tokens' activations (load_x(builder, x_row, i)) once and forms all R*T products from registers,
     accumulators of <lanes x float> (multiply_add(builder, acc, w, x))."""
     def codegen(context, builder, sig, args):
         w, r0, x, t0, out = args
         w_ty, _, x_ty, _, out_ty = sig.args
         k = cgutils.unpack_tuple(builder, context.make_array(x_ty)(context, builder, x).shape)[1]
         rows = _row_pointers(context, builder, w_ty, w, r0, R)
+        ahead = prefetch_next_rows(context, builder, w_ty, w, rows) if T == 1 else None
         x_rows = [builder.bitcast(p, F32.as_pointer()) for p in _row_pointers(context, builder, x_ty, x, t0, T)]
         accs = [[cgutils.alloca_once_value(builder, ir.Constant(vec(F32, lanes), None)) for _ in range(T)]
                 for _ in range(R)]
         with cgutils.for_range(builder, builder.udiv(k, ir.Constant(k.type, step))) as loop:
+            if ahead is not None:
+                at = builder.add(ahead, builder.mul(loop.index, ir.Constant(loop.index.type, step_bytes)))
+                for row in rows:
+                    for line in range(0, step_bytes, 64):
+                        prefetch(builder, builder.gep(row, [builder.add(at, ir.Constant(at.type, line))]))
             wv = [load_w(builder, row, loop.index) for row in rows]
             xv = [load_x(builder, p, loop.index) for p in x_rows]
             for r in range(R):
@@ -350,7 +304,7 @@ def _tile(R, T, step, lanes, load_w, load_x, multiply_add):
         for r in range(R):
             for t in range(T):
                 _store_out(context, builder, out_ty, out, builder.add(t0, ir.Constant(t0.type, t)),
-                           builder.add(r0, ir.Constant(r0.type, r)), _reduce_fadd(builder, builder.load(accs[r][t])))
+                           builder.add(r0, ir.Constant(r0.type, r)), _fixed_sum(builder, builder.load(accs[r][t])))
         return context.get_dummy_value()
 
     def typer(typingctx, w, r0, x, t0, out):
@@ -369,7 +323,7 @@ def _float_tile(load_chunk, bytes_per_weight, R, T, lanes):
 
     def fmuladd(builder, acc, wv, xv):
         return _call_intrinsic(builder, f"llvm.fmuladd.v{lanes}f32", vec(F32, lanes), [wv, xv, acc])
-    return _tile(R, T, lanes, lanes, load_w, load_x, fmuladd)
+    return _tile(R, T, lanes, lanes, load_w, load_x, fmuladd, lanes * bytes_per_weight)
 
 
 def _load_f32xn(builder, p, n):
@@ -386,20 +340,29 @@ def _load_bf16xn(builder, p, n):
 
 
 # Tile shapes per level: accumulators must fit the register file (32 zmm/ymm with AVX512, 16 ymm below).
+# A token's products (decoding) take tiles of FLOAT_ROWS rows, so that as many independent sums are
+# in flight; every shape sums each output in the same order, so a token's result is the same in
+# any batch (batch invariance).
 FLOAT_TILE, FLOAT_LANES = ((4, 3), 16) if WIDE else ((4, 2), 8)
+FLOAT_ROWS = 4
 
-tile_f32 = _float_tile(_load_f32xn, 4, *FLOAT_TILE, FLOAT_LANES)
-tile_f16 = _float_tile(_load_f16xn, 2, *FLOAT_TILE, FLOAT_LANES)
-tile_bf16 = _float_tile(_load_bf16xn, 2, *FLOAT_TILE, FLOAT_LANES)
+
+def _float_tiles(load, bytes_per_weight):
+    """(prompt tile, a token's FLOAT_ROWS rows, one row) of a float format."""
+    return tuple(_float_tile(load, bytes_per_weight, R, T, FLOAT_LANES) for R, T in (FLOAT_TILE, (FLOAT_ROWS, 1), (1, 1)))
+
+
+TILES_F32 = _float_tiles(_load_f32xn, 4)
+TILES_F16 = _float_tiles(_load_f16xn, 2)
+TILES_BF16 = _float_tiles(_load_bf16xn, 2)
 
 
 # --- BF16 with AVX512-BF16: 32 products per vdpbf16ps ----------------------------------------
 #
 # The weights go to the instruction as they are in the file; the activations are rounded to
-# bf16 first (to nearest even), as llama.cpp does for BF16 weights. Only the prompt tile uses
-# it: a tile converts each token's activations once for four rows, while a decoding row dot
-# would convert them for every row, and measured 15-20% slower than shifting the weights to
-# float32 (dot_bf16, exact activations).
+# bf16 first (to nearest even), as llama.cpp does for BF16 weights. Decoding too (tiles of
+# FLOAT_ROWS rows convert a token's activations once per four rows), so that a token gets the
+# same result alone as in a prompt.
 
 class _BFloatType(ir.Type):
     """LLVM's bfloat: llvmlite has no class for it, and its IR is text."""
@@ -431,12 +394,12 @@ def _dpbf16(builder, acc, w, x):
 
 def _bf16_tile(R, T):
     """tile_bf16(w, r0, x, t0, out) with vdpbf16ps: R rows x T tokens, 32 weights per step."""
-    return _tile(R, T, 32, 16, lambda builder, row, i: _load_vec(builder, row, i, 64, vec(BF, 32)), _x_as_bf16, _dpbf16)
+    return _tile(R, T, 32, 16, lambda builder, row, i: _load_vec(builder, row, i, 64, vec(BF, 32)), _x_as_bf16, _dpbf16, 64)
 
 
 BF16_TILE = (4, 4) if cpu.has("bf16") else FLOAT_TILE
-if cpu.has("bf16"):  # prompts only: decoding keeps dot_bf16, which would convert x for every row
-    tile_bf16 = _bf16_tile(*BF16_TILE)
+if cpu.has("bf16"):
+    TILES_BF16 = tuple(_bf16_tile(R, T) for R, T in (BF16_TILE, (FLOAT_ROWS, 1), (1, 1)))
 
 
 # --- rows of 16 float lanes: attention over a block of 16 queries ----------------------------
@@ -484,33 +447,39 @@ def exp(typingctx, x):
 
 
 @intrinsic
-def rows_softmax(typingctx, s, keys, first, total):
-    """Causal softmax down the columns of s (keys, 16): lane i is the query at position first + i and
-    sees keys 0..first+i. s[p] becomes exp(s[p] - max) (0 where masked), total[:16] the sums."""
+def rows_softmax(typingctx, s, lo, keys, first, step, window, total):
+    """Causal softmax down the columns of s (keys, 16) over keys lo..keys-1: lane i is a query at position
+    first + step * i (step 1: a block of queries; 0: heads of one query) and sees keys up to its position
+    (and, window > 0, the last `window` of them). s[p] becomes exp(s[p] - max) (0 where masked), total[:16]
+    the sums. Masked keys add exact zeros: a lane's result does not depend on lo or keys past its own."""
     def codegen(context, builder, sig, args):
-        s, keys, first, total = args
-        lane = ir.Constant(vec(I32, 16), list(range(16)))
+        s, lo, keys, first, step, window, total = args
+        lane = builder.mul(ir.Constant(vec(I32, 16), list(range(16))), _splat(builder, builder.trunc(step, I32), 16))
         last_key = builder.add(_splat(builder, builder.trunc(first, I32), 16), lane)   # per lane
+        w = _splat(builder, builder.trunc(window, I32), 16)
+        no_window = builder.icmp_signed("<=", w, ir.Constant(vec(I32, 16), None))
 
         def visible(p):
-            return builder.icmp_signed("<=", _splat(builder, builder.trunc(p, I32), 16), last_key)
+            pv = _splat(builder, builder.trunc(p, I32), 16)
+            recent = builder.icmp_signed(">", pv, builder.sub(last_key, w))
+            return builder.and_(builder.icmp_signed("<=", pv, last_key), builder.or_(no_window, recent))
 
         top = cgutils.alloca_once_value(builder, _const(LANES16, float("-inf")))
-        with cgutils.for_range(builder, keys) as loop:
-            row = builder.load(_row16(context, builder, sig.args[0], s, loop.index), align=4)
+        with cgutils.for_range_slice(builder, lo, keys, ir.Constant(lo.type, 1)) as (p, _):
+            row = builder.load(_row16(context, builder, sig.args[0], s, p), align=4)
             bigger = _call_intrinsic(builder, "llvm.maxnum.v16f32", LANES16, [builder.load(top), row])
-            builder.store(builder.select(visible(loop.index), bigger, builder.load(top)), top)
+            builder.store(builder.select(visible(p), bigger, builder.load(top)), top)
         sums = cgutils.alloca_once_value(builder, ir.Constant(LANES16, None))
-        with cgutils.for_range(builder, keys) as loop:
-            ptr = _row16(context, builder, sig.args[0], s, loop.index)
+        with cgutils.for_range_slice(builder, lo, keys, ir.Constant(lo.type, 1)) as (p, _):
+            ptr = _row16(context, builder, sig.args[0], s, p)
             e = _exp(builder, builder.fsub(builder.load(ptr, align=4), builder.load(top)))
-            e = builder.select(visible(loop.index), e, ir.Constant(LANES16, None))
+            e = builder.select(visible(p), e, ir.Constant(LANES16, None))
             builder.store(e, ptr, align=4)
             builder.store(builder.fadd(builder.load(sums), e), sums)
-        out = _ptr(context, builder, sig.args[3], total, ir.Constant(I32, 0), F32)
+        out = _ptr(context, builder, sig.args[6], total, ir.Constant(I32, 0), F32)
         builder.store(builder.load(sums), builder.bitcast(out, LANES16.as_pointer()), align=4)
         return context.get_dummy_value()
-    return types.none(s, types.intp, types.intp, total), codegen
+    return types.none(s, types.intp, types.intp, types.intp, types.intp, types.intp, total), codegen
 
 
 KEYS_AT_ONCE = 8  # rows_scores: keys per call; rows_weighted_sum: head_dim rows per call
@@ -523,64 +492,88 @@ def _kv_row_pointer(context, builder, aty, arr, p, kvh):
     return builder.gep(builder.bitcast(ary.data, I8.as_pointer()), [builder.add(builder.mul(p, s0), builder.mul(kvh, s1))])
 
 
-def _kv_row(context, builder, aty, arr, p, kvh):
-    """arr[p, kvh, :] of a (keys, kv_heads, hd) cache array: float32, or uint16 holding halves
-    (the KV cache) -> a function index -> float."""
+def _kv_vec(context, builder, aty, arr, p, kvh, j0, n=KEYS_AT_ONCE):
+    """arr[p, kvh, j0 : j0 + n] of a (keys, kv_heads, hd) cache array as <n x float>: halves (the KV cache)
+    converted n at a time, so that each element is then a broadcast from a register (_lane), not a load
+    and a conversion of its own."""
     row = _kv_row_pointer(context, builder, aty, arr, p, kvh)
-    if aty.dtype == types.uint16:
-        halves = builder.bitcast(row, I16.as_pointer())
-        return lambda j: half_bits_to_float(builder, builder.load(builder.gep(halves, [j])))
-    floats = builder.bitcast(row, F32.as_pointer())
-    return lambda j: builder.load(builder.gep(floats, [j]))
+    elt = I16 if aty.dtype == types.uint16 else F32
+    values = builder.load(builder.bitcast(builder.gep(builder.bitcast(row, elt.as_pointer()), [j0]),
+                                          vec(elt, n).as_pointer()), align=2)
+    return half_bits_to_float(builder, values) if elt is I16 else values
+
+
+def _fma_into(builder, acc, a, b):
+    """*acc = fma(a, b, *acc) for <16 x float> a, b and an accumulator slot acc."""
+    builder.store(_call_intrinsic(builder, "llvm.fma.v16f32", LANES16, [a, b, builder.load(acc)]), acc)
+
+
+def _store_rows(context, builder, aty, arr, first, accs):
+    """arr[first + m, :16] = *accs[m] for a 2-D float32 array."""
+    for m, acc in enumerate(accs):
+        builder.store(builder.load(acc), _row16(context, builder, aty, arr, builder.add(first, ir.Constant(first.type, m))),
+                      align=4)
+
+
+def _lane(builder, v, i):
+    """<16 x float> of lane i of v."""
+    return builder.shuffle_vector(v, v, ir.Constant(vec(I32, 16), [i] * 16))
+
+
+def _scores(context, builder, sig, args, keys):
+    """s[p0 + m, :16] = sum_j qt[j, :16] * k[p0 + m, kvh, j], j in order (fused multiply-adds), m < keys."""
+    s, p0, qt, k, kvh = args
+    s_ty, _, qt_ty, k_ty, _ = sig.args
+    hd = cgutils.unpack_tuple(builder, context.make_array(qt_ty)(context, builder, qt).shape)[0]
+    accs = [cgutils.alloca_once_value(builder, ir.Constant(LANES16, None)) for _ in range(keys)]
+    with cgutils.for_range(builder, builder.udiv(hd, ir.Constant(hd.type, KEYS_AT_ONCE))) as loop:
+        j0 = builder.mul(loop.index, ir.Constant(hd.type, KEYS_AT_ONCE))
+        rows = [_kv_vec(context, builder, k_ty, k, builder.add(p0, ir.Constant(p0.type, m)), kvh, j0) for m in range(keys)]
+        for jj in range(KEYS_AT_ONCE):
+            q_row = builder.load(_row16(context, builder, qt_ty, qt, builder.add(j0, ir.Constant(j0.type, jj))), align=4)
+            for row, acc in zip(rows, accs):
+                _fma_into(builder, acc, q_row, _lane(builder, row, jj))
+    _store_rows(context, builder, s_ty, s, p0, accs)
+    return context.get_dummy_value()
 
 
 @intrinsic
 def rows_scores(typingctx, s, p0, qt, k, kvh):
-    """s[p0 + m, :16] = sum_j qt[j, :16] * k[p0 + m, kvh, j] for m < KEYS_AT_ONCE: eight keys
-    against 16 queries, each loaded row of qt used for all eight (accumulators in registers)."""
+    """s[p0 + m, :16] = sum_j qt[j, :16] * k[p0 + m, kvh, j] for m < KEYS_AT_ONCE: eight keys against 16
+    queries (or heads), each loaded row of qt used for all eight (accumulators in registers). head_dim
+    (qt's rows): a multiple of KEYS_AT_ONCE."""
     def codegen(context, builder, sig, args):
-        s, p0, qt, k, kvh = args
-        s_ty, _, qt_ty, k_ty, _ = sig.args
-        hd = cgutils.unpack_tuple(builder, context.make_array(qt_ty)(context, builder, qt).shape)[0]
-        keys = [_kv_row(context, builder, k_ty, k, builder.add(p0, ir.Constant(p0.type, m)), kvh)
-                for m in range(KEYS_AT_ONCE)]
-        accs = [cgutils.alloca_once_value(builder, ir.Constant(LANES16, None)) for _ in range(KEYS_AT_ONCE)]
-        with cgutils.for_range(builder, hd) as loop:
-            q_row = builder.load(_row16(context, builder, qt_ty, qt, loop.index), align=4)
-            for key, acc in zip(keys, accs):
-                k_j = _splat(builder, key(loop.index), 16)
-                builder.store(_call_intrinsic(builder, "llvm.fma.v16f32", LANES16, [q_row, k_j, builder.load(acc)]), acc)
-        for m, acc in enumerate(accs):
-            builder.store(builder.load(acc), _row16(context, builder, s_ty, s, builder.add(p0, ir.Constant(p0.type, m))),
-                          align=4)
-        return context.get_dummy_value()
+        return _scores(context, builder, sig, args, KEYS_AT_ONCE)
     return types.none(s, types.intp, qt, k, types.intp), codegen
 
 
 @intrinsic
-def rows_weighted_sum(typingctx, ot, j0, s, keys, v, kvh):
-    """ot[j0 + m, :16] = sum_{p < keys} s[p, :16] * v[p, kvh, j0 + m] for m < KEYS_AT_ONCE: eight
-    output rows held in registers while the weights of every key stream past."""
+def row_scores(typingctx, s, p, qt, k, kvh):
+    """rows_scores for one key (the same sums)."""
     def codegen(context, builder, sig, args):
-        ot, j0, s, keys, v, kvh = args
-        ot_ty, _, s_ty, _, v_ty, _ = sig.args
+        return _scores(context, builder, sig, args, 1)
+    return types.none(s, types.intp, qt, k, types.intp), codegen
+
+
+@intrinsic
+def rows_weighted_sum(typingctx, ot, j0, s, lo, keys, v, kvh):
+    """ot[j0 + m, :16] = sum_{lo <= p < keys} s[p, :16] * v[p, kvh, j0 + m], in key order, for
+    m < KEYS_AT_ONCE: eight output rows held in registers while the weights of every key stream past."""
+    def codegen(context, builder, sig, args):
+        ot, j0, s, lo, keys, v, kvh = args
+        ot_ty, _, s_ty, _, _, v_ty, _ = sig.args
         accs = [cgutils.alloca_once_value(builder, ir.Constant(LANES16, None)) for _ in range(KEYS_AT_ONCE)]
-        with cgutils.for_range(builder, keys) as loop:
-            weights = builder.load(_row16(context, builder, s_ty, s, loop.index), align=4)
-            values = _kv_row(context, builder, v_ty, v, loop.index, kvh)
+        with cgutils.for_range_slice(builder, lo, keys, ir.Constant(lo.type, 1)) as (p, _):
+            weights = builder.load(_row16(context, builder, s_ty, s, p), align=4)
+            values = _kv_vec(context, builder, v_ty, v, p, kvh, j0)
             for m, acc in enumerate(accs):
-                v_m = _splat(builder, values(builder.add(j0, ir.Constant(j0.type, m))), 16)
-                builder.store(_call_intrinsic(builder, "llvm.fma.v16f32", LANES16, [weights, v_m, builder.load(acc)]), acc)
-        for m, acc in enumerate(accs):
-            builder.store(builder.load(acc), _row16(context, builder, ot_ty, ot, builder.add(j0, ir.Constant(j0.type, m))),
-                          align=4)
+                _fma_into(builder, acc, weights, _lane(builder, values, m))
+        _store_rows(context, builder, ot_ty, ot, j0, accs)
         return context.get_dummy_value()
-    return types.none(ot, types.intp, s, types.intp, v, types.intp), codegen
+    return types.none(ot, types.intp, s, types.intp, types.intp, v, types.intp), codegen
 
 
-# --- grouped-query attention, decoding: the query heads that share a KV head together ---------
-
-HEADS_AT_ONCE = 4  # heads_weighted_sum: query heads per call
+HEADS_AT_ONCE = 4  # heads_weighted_sum, block_scores: query heads per call
 
 
 def _kv_chunk(context, builder, aty, arr, p, kvh, c):
@@ -625,8 +618,7 @@ def heads_weighted_sum(typingctx, out, s, h0, count, first, length, v, kvh):
             with cgutils.for_range_slice(builder, first, length, ir.Constant(first.type, 1)) as (p, _):
                 x = _kv_chunk(context, builder, v_ty, v, p, kvh, c)
                 for w, acc in zip(weights, accs):
-                    w_p = _splat(builder, builder.load(builder.gep(w, [p])), 16)
-                    builder.store(_call_intrinsic(builder, "llvm.fma.v16f32", LANES16, [w_p, x, builder.load(acc)]), acc)
+                    _fma_into(builder, acc, _splat(builder, builder.load(builder.gep(w, [p])), 16), x)
             for g, (h, acc) in enumerate(zip(heads, accs)):
                 with cgutils.if_likely(builder, builder.icmp_signed("<", ir.Constant(h0.type, g), count)):
                     dst = builder.gep(_row_of(context, builder, out_ty, out, h), [builder.mul(c, ir.Constant(c.type, 16))])
@@ -634,70 +626,41 @@ def heads_weighted_sum(typingctx, out, s, h0, count, first, length, v, kvh):
         return context.get_dummy_value()
     return types.none(out, s, types.intp, types.intp, types.intp, types.intp, v, types.intp), codegen
 
+# --- decoding: keys in the lanes -----------------------------------------------------------
+#
+# ops.attention_decode follows _lanes' arithmetic (kernels.ops) for one query, but with keys in the
+# lanes for the scores (a copy of the cache's keys transposed into blocks of 16, kt, written as
+# they are stored) and head dimensions in the lanes for the weighted sum, so no lane idles
+# whatever the number of heads sharing a KV head.
 
-def _sums_of_four(builder, vs):
-    """Four <16 x float> -> <16 x float> whose lanes 4g hold sum(vs[g]): pairs of rows halve their lanes
-    (a shuffle of each half and an add) until each row has four, then two folds within the groups."""
-    def fold(a, b, width):  # rows of `width` lanes in a and b -> rows of width/2: a's rows, then b's
-        rows = 16 // width
-        lo = [r * width + i for r in range(rows) for i in range(width // 2)]
-        hi = [r * width + width // 2 + i for r in range(rows) for i in range(width // 2)]
-        pick = lambda lanes: builder.shuffle_vector(a, b, ir.Constant(vec(I32, 16), lanes + [16 + i for i in lanes]))  # noqa: E731
-        return builder.fadd(pick(lo), pick(hi))
-    two = [fold(vs[0], vs[1], 16), fold(vs[2], vs[3], 16)]      # rows of 8 lanes
-    four = fold(two[0], two[1], 8)                              # four rows of 4 lanes
-    for shift in (2, 1):
-        moved = builder.shuffle_vector(four, four, ir.Constant(vec(I32, 16), [(i + shift) % 16 for i in range(16)]))
-        four = builder.fadd(four, moved)                        # lane 4g: its row's sum
-    return four
+KEY_BLOCK = 16  # keys per block of the transposed key cache: (blocks, kv_heads, hd, 16)
 
 
 @intrinsic
-def heads_scores(typingctx, s, q, h0, count, first, length, k, kvh, scale):
-    """s[h, p] = scale * sum_j q[h, j] k[p, kvh, j] for first <= p < length and h = h0 .. h0+count-1,
-    count <= HEADS_AT_ONCE: query heads that share a KV head read and convert each key once; the four
-    heads' sums are reduced together (_sums_of_four). q: (heads, hd) float32, hd a multiple of 16."""
+def block_scores(typingctx, s, q, h0, count, block, kt, kvh, scale):
+    """s[h, 16 block : 16 block + 16] = sum over j in order of (q[h, j] * scale) * kt[block, kvh, j, :] (fused
+    multiply-adds) for h = h0 .. h0+count-1, count <= HEADS_AT_ONCE: the scores of 16 keys, each key value
+    converted once for all the heads. q: (heads, hd) float32; s: (heads, >= 16 (block + 1)) float32."""
     def codegen(context, builder, sig, args):
-        s, q, h0, count, first, length, k, kvh, scale = args
-        s_ty, q_ty, k_ty = sig.args[0], sig.args[1], sig.args[6]
+        s, q, h0, count, block, kt, kvh, scale = args
+        s_ty, q_ty, kt_ty = sig.args[0], sig.args[1], sig.args[5]
         hd = cgutils.unpack_tuple(builder, context.make_array(q_ty)(context, builder, q).shape)[1]
+        ary = context.make_array(kt_ty)(context, builder, kt)
+        s0, s1, s2, _ = cgutils.unpack_tuple(builder, ary.strides)
+        base = builder.gep(builder.bitcast(ary.data, I8.as_pointer()), [builder.add(builder.mul(block, s0), builder.mul(kvh, s1))])
         heads = _heads(builder, h0, count)
         queries = [_row_of(context, builder, q_ty, q, h) for h in heads]
-        rows = [_row_of(context, builder, s_ty, s, h) for h in heads]
-        chunks = builder.udiv(hd, ir.Constant(hd.type, 16))
-        with cgutils.for_range_slice(builder, first, length, ir.Constant(first.type, 1)) as (p, _):
-            accs = [cgutils.alloca_once_value(builder, ir.Constant(LANES16, None)) for _ in range(HEADS_AT_ONCE)]
-            with cgutils.for_range(builder, chunks) as chunk:
-                x = _kv_chunk(context, builder, k_ty, k, p, kvh, chunk.index)
-                for qp, acc in zip(queries, accs):
-                    qv = _load_vec(builder, qp, chunk.index, 16, LANES16)
-                    builder.store(_call_intrinsic(builder, "llvm.fma.v16f32", LANES16, [qv, x, builder.load(acc)]), acc)
-            sums = builder.fmul(_sums_of_four(builder, [builder.load(a) for a in accs]), _splat(builder, scale, 16))
-            for g, row in enumerate(rows):   # the repeated last head stores the same value again: harmless
-                builder.store(builder.extract_element(sums, ir.Constant(I32, 4 * g)), builder.gep(row, [p]))
+        accs = [cgutils.alloca_once_value(builder, ir.Constant(LANES16, None)) for _ in range(HEADS_AT_ONCE)]
+        with cgutils.for_range(builder, hd) as loop:
+            bits = builder.load(builder.bitcast(builder.gep(base, [builder.mul(loop.index, s2)]), vec(I16, 16).as_pointer()), align=2)
+            keys = half_bits_to_float(builder, bits)
+            for qp, acc in zip(queries, accs):
+                qs = builder.fmul(builder.load(builder.gep(qp, [loop.index])), scale)
+                _fma_into(builder, acc, _splat(builder, qs, 16), keys)
+        first = builder.mul(block, ir.Constant(block.type, 16))
+        for g, (h, acc) in enumerate(zip(heads, accs)):
+            with cgutils.if_likely(builder, builder.icmp_signed("<", ir.Constant(h0.type, g), count)):
+                dst = builder.gep(_row_of(context, builder, s_ty, s, h), [first])
+                builder.store(builder.load(acc), builder.bitcast(dst, LANES16.as_pointer()), align=4)
         return context.get_dummy_value()
-    return types.none(s, q, types.intp, types.intp, types.intp, types.intp, k, types.intp, types.float32), codegen
-
-
-@intrinsic
-def row_scores(typingctx, s, p, qt, k, kvh):
-    """s[p, :16] = sum_j qt[j, :16] * k[p, kvh, j] over j < qt.shape[0] (a multiple of 4):
-    key p against 16 queries, four accumulators in registers."""
-    def codegen(context, builder, sig, args):
-        s, p, qt, k, kvh = args
-        s_ty, _, qt_ty, k_ty, _ = sig.args
-        hd = cgutils.unpack_tuple(builder, context.make_array(qt_ty)(context, builder, qt).shape)[0]
-        key = _kv_row(context, builder, k_ty, k, p, kvh)                                # k[p, kvh, :]
-        accs = [cgutils.alloca_once_value(builder, ir.Constant(LANES16, None)) for _ in range(4)]
-        with cgutils.for_range(builder, builder.udiv(hd, ir.Constant(hd.type, 4))) as loop:
-            for m in range(4):
-                j = builder.add(builder.mul(loop.index, ir.Constant(hd.type, 4)), ir.Constant(hd.type, m))
-                q_row = builder.load(_row16(context, builder, qt_ty, qt, j), align=4)
-                k_j = _splat(builder, key(j), 16)
-                builder.store(_call_intrinsic(builder, "llvm.fma.v16f32", LANES16, [q_row, k_j, builder.load(accs[m])]),
-                              accs[m])
-        total = builder.fadd(builder.fadd(builder.load(accs[0]), builder.load(accs[1])),
-                             builder.fadd(builder.load(accs[2]), builder.load(accs[3])))
-        builder.store(total, _row16(context, builder, s_ty, s, p), align=4)
-        return context.get_dummy_value()
-    return types.none(s, types.intp, qt, k, types.intp), codegen
+    return types.none(s, q, types.intp, types.intp, types.intp, kt, types.intp, types.float32), codegen

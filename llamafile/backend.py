@@ -48,8 +48,9 @@ class NumpyBackend:
         table: 0 or 1, two sets that coexist (a model whose sliding-window layers have their own base)."""
         return reference.rope_angles(positions, rope_dim, base, factors)
 
-    def store_kv(self, dst, values):
-        """dst (uint16) = values (n, heads, head_dim) as halves: the cache's type, llama.cpp's default."""
+    def store_kv(self, dst, values, transposed=None, start=0):
+        """dst (uint16) = values (n, heads, head_dim) as halves: the cache's type, llama.cpp's default.
+        transposed: the keys' copy in blocks of 16 (KVCache.kt), written too from position start."""
         dst[:] = values.astype(np.float16).view(np.uint16)
 
     def rope(self, x, angles, neox):
@@ -57,10 +58,10 @@ class NumpyBackend:
         x[:] = reference.apply_rope(x, *angles, neox)
         return x
 
-    def attention(self, q, k, v, start, out, scale=0.0, window=0, softcap=0.0, sinks=None):
+    def attention(self, q, k, v, start, out, scale=0.0, window=0, softcap=0.0, sinks=None, kt=None):
         """out = causal attention of q (n, heads, hd) over the cache k, v; scale 0: 1/sqrt(hd); window > 0:
         sliding (each query sees its last window keys); softcap > 0: scores softcapped (Gemma 2); sinks:
-        a logit per head in the softmax's denominator (gpt-oss)."""
+        a logit per head in the softmax's denominator (gpt-oss); kt: the keys transposed (KVCache.kt)."""
         out[:] = reference.attention(q, _floats(k), _floats(v), start, scale, window, softcap, sinks)
         return out
 
@@ -152,21 +153,25 @@ class NumbaBackend(NumpyBackend):
         self.ops.rope(x, *angles, neox)
         return x
 
-    def store_kv(self, dst, values):
+    def store_kv(self, dst, values, transposed=None, start=0):
         self.ops.store_as_half(dst, values)
+        if transposed is not None:
+            self.ops.store_keys_transposed(transposed, start, values)
 
-    def attention(self, q, k, v, start, out, scale=0.0, window=0, softcap=0.0, sinks=None):
-        n = q.shape[0]
-        blocked = n >= self.ops.QUERY_BLOCK and q.shape[2] % 8 == 0 and softcap == 0.0 and sinks is None
-        if sinks is not None:
+    def attention(self, q, k, v, start, out, scale=0.0, window=0, softcap=0.0, sinks=None, kt=None):
+        n, hd = q.shape[0], q.shape[2]
+        # One definition per layer kind, whatever the batch (batch invariance): softcap or sinks one query
+        # and head at a time; else kernels.ops._lanes' arithmetic, laid out for the batch at hand.
+        if sinks is not None or softcap != 0.0 or hd % 8:
             self.ops.attention(q, k, v, start, self._scores, out, float(scale), int(window), float(softcap), sinks)
-            return out
-        if blocked and (window == 0 or start + n <= window):           # (where no window cuts a key off)
+        elif n < HEADS_BELOW and kt is not None and hd % 16 == 0:  # a token or a few: keys in the lanes
+            self.ops.attention_decode(q, kt, v, start, self._scores, out, float(scale), int(window))
+        elif n < HEADS_BELOW:                                   # (the heads in the lanes)
+            self.ops.attention_heads(q, k, v, start, self._lanes_scratch(hd), out, float(scale), int(window))
+        else:                                                   # a prompt: its queries in the lanes
             if k.dtype == np.uint16:  # the cache's halves as floats once, not at every use
                 k, v = self._as_floats(k, 0), self._as_floats(v, 1)
-            self.ops.attention_blocked(q, k, v, start, self._blocked_scratch(q.shape[2]), out, float(scale))
-        else:
-            self.ops.attention(q, k, v, start, self._scores, out, float(scale), int(window), float(softcap))
+            self.ops.attention_blocked(q, k, v, start, self._lanes_scratch(hd), out, float(scale), int(window))
         return out
 
     def swiglu(self, gate, up, out):
@@ -188,7 +193,7 @@ class NumbaBackend(NumpyBackend):
     def allocate(self, n_batch: int, n_heads: int, n_ctx: int, rope_dim: int) -> None:
         self.n_batch = n_batch
         self._q8 = {}                                                # (width, kind) -> Q8Activations
-        self._scores = np.empty((n_heads, n_ctx), np.float32)        # (heads, n_ctx)
+        self._scores = self.ops.decode_scores(n_heads, n_ctx)       # (heads, n_ctx rounded up to 16)
         self._n_ctx, self._attention_scratch, self._kv_floats = n_ctx, None, None
         self._rope_cos = np.empty((2, n_batch, rope_dim // 2), np.float32)   # two tables (rope_angles)
         self._rope_sin = np.empty((2, n_batch, rope_dim // 2), np.float32)
@@ -196,8 +201,8 @@ class NumbaBackend(NumpyBackend):
         self._no_bias = np.zeros(1 << 16, np.float32)                # layernorm without a bias
 
 
-    def _blocked_scratch(self, head_dim: int) -> np.ndarray:
-        """attention_blocked's scratch: made at the first prompt, again only if the threads grow."""
+    def _lanes_scratch(self, head_dim: int) -> np.ndarray:
+        """attention_blocked's and attention_heads' scratch: made at first use, again only if the threads grow."""
         import numba
         threads = numba.get_num_threads()
         if self._attention_scratch is None or self._attention_scratch.shape[0] < threads:
@@ -213,5 +218,7 @@ class NumbaBackend(NumpyBackend):
         self.ops.halves_to_floats(halves, floats)
         return floats
 
+
+HEADS_BELOW = 4  # queries: fewer take attention_heads (the heads in the lanes), more attention_blocked
 
 BACKENDS = {"numpy": NumpyBackend, "numba": NumbaBackend}

@@ -66,8 +66,8 @@ def test_matmul_matches_dequantised_reference(qtype, rows, k, n):
     ref = x @ dequantize(raw, qtype).T
     bound = 5e-4 if qtype in QUANTISED else 1e-10
     if qtype == T.BF16 and cpu.has("bf16"):
-        # prompt tiles multiply activations rounded to bf16 (vdpbf16ps, as llama.cpp); the row
-        # dots (decoding, remainders) exact ones: within bf16's rounding of x (NMSE ~1e-6)
+        # the tiles multiply activations rounded to bf16 (vdpbf16ps, as llama.cpp): within bf16's
+        # rounding of x (NMSE ~1e-6)
         bound = 1e-5
         assert nmse(out, round_to_bf16(x) @ dequantize(raw, qtype).T) <= 1e-5
     assert nmse(out, ref) <= bound
@@ -136,6 +136,50 @@ def test_matmul_threads_are_deterministic(qtype, n):
         results.append(matmul(qtype, raw, x, out))
     numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
     np.testing.assert_array_equal(results[0], results[1])
+
+
+@pytest.mark.parametrize("qtype", sorted(SUPPORTED, key=lambda t: t.name), ids=lambda t: t.name)
+def test_matmul_is_batch_invariant(qtype):
+    """A token's products are the same bits alone (decoding), in a few-token batch (tiles) and in a
+    prompt (the VNNI panels where the CPU has them), split anywhere (issue 15: the same request always
+    gives the same answer, whatever the prompt cache held)."""
+    rows, k, n = 37, 768 if block_weights(qtype) > 32 else 800, 40
+    rng = np.random.default_rng(11)
+    raw = np.ascontiguousarray(raw_weights(qtype, rows, k, rng))
+    x = rng.standard_normal((n, k)).astype(np.float32)
+    whole = matmul(qtype, raw, x, np.empty((n, rows), np.float32))
+    alone = np.concatenate([matmul(qtype, raw, x[t : t + 1], np.empty((1, rows), np.float32)) for t in range(n)])
+    cuts = [0, 2, 5, 22, n]
+    split = np.concatenate([matmul(qtype, raw, x[a:b], np.empty((b - a, rows), np.float32)) for a, b in zip(cuts, cuts[1:])])
+    np.testing.assert_array_equal(alone, whole)
+    np.testing.assert_array_equal(split, whole)
+
+
+@pytest.mark.parametrize("heads,kv_heads,hd,start,n,window", [(14, 2, 64, 0, 40, 0), (9, 3, 64, 5, 37, 0),
+                                                              (4, 1, 32, 3, 50, 16), (32, 8, 128, 17, 33, 7)])
+def test_attention_is_batch_invariant(heads, kv_heads, hd, start, n, window):
+    """A query's attention is the same bits alone (attention_heads: the heads in the lanes), in a prompt
+    (attention_blocked: the queries in the lanes), split anywhere, over halves or their floats."""
+    rng = np.random.default_rng(n)
+    q = rng.standard_normal((n, heads, hd)).astype(np.float32) * 2
+    k, v = (rng.standard_normal((start + n, kv_heads, hd)).astype(np.float16).view(np.uint16) for _ in range(2))
+    scratch = ops.attention_scratch(numba.get_num_threads(), start + n, hd)
+    whole = np.empty_like(q)
+    ops.attention_blocked(q, k, v, start, scratch, whole, 0.0, window)
+    np.testing.assert_allclose(whole, reference.attention(q, *(a.view(np.float16).astype(np.float32) for a in (k, v)),
+                                                          start, 0.0, window), rtol=1e-4, atol=1e-5)
+    as_floats = np.empty_like(q)
+    ops.attention_blocked(q, *(a.view(np.float16).astype(np.float32) for a in (k, v)), start, scratch, as_floats, 0.0, window)
+    alone = np.empty_like(q)
+    for t in range(n):
+        ops.attention_heads(q[t : t + 1], k[: start + t + 1], v[: start + t + 1], start + t, scratch, alone[t : t + 1],
+                            0.0, window)
+    split = np.empty_like(q)
+    for a in range(0, n, 7):
+        b = min(n, a + 7)
+        ops.attention_blocked(q[a:b], k[: start + b], v[: start + b], start + a, scratch, split[a:b], 0.0, window)
+    for other in (as_floats, alone, split):
+        np.testing.assert_array_equal(other, whole)
 
 
 @numba.njit(cache=True)
@@ -227,10 +271,10 @@ def test_attention_over_a_half_cache(start, n):
     out = np.full_like(q, np.nan)
     ops.attention(q, k.view(np.uint16), v.view(np.uint16), start, np.empty((9, start + n), np.float32), out)
     np.testing.assert_allclose(out, expect, rtol=1e-4, atol=1e-5)
-    if n >= ops.QUERY_BLOCK:
+    scratch = ops.attention_scratch(numba.get_num_threads(), start + n, 64)
+    for kernel in (ops.attention_blocked, ops.attention_heads):
         out[:] = np.nan
-        ops.attention_blocked(q, k.view(np.uint16), v.view(np.uint16), start,
-                              ops.attention_scratch(numba.get_num_threads(), start + n, 64), out)
+        kernel(q, k.view(np.uint16), v.view(np.uint16), start, scratch, out)
         np.testing.assert_allclose(out, expect, rtol=1e-4, atol=1e-5)
 
 

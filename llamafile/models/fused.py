@@ -22,7 +22,8 @@ from numba import njit
 
 from kernels.matmul import (SUPPORTED, activations, block_weights, matvec, quantize_q8_k_serial, quantize_q8_serial,
                             types_mask)
-from kernels.ops import attention, geglu, gelu, layernorm, rmsnorm, rope, store_as_half, swiglu
+from kernels.ops import (attention, attention_decode, attention_heads, geglu, gelu, layernorm, rmsnorm, rope, store_as_half,
+                         store_keys_transposed, swiglu)
 
 rmsnorm_serial, rope_serial, swiglu_serial, geglu_serial = rmsnorm.serial, rope.serial, swiglu.serial, geglu.serial
 layernorm_serial, gelu_serial = layernorm.serial, gelu.serial
@@ -71,8 +72,8 @@ def _decoder(mask: int, ops: int, sinks: bool):
     copy, gelu_ = bool(ops >> COPY & 1), bool(ops >> GELU & 1)
 
     @njit(cache=True)
-    def decode_blocks(data, plan, steps, factors, vectors, buffers, forms, cache_k, cache_v, pos, cos, sin, neox,
-                      eps, eps_ln, head_dim, scores):
+    def decode_blocks(data, plan, steps, factors, vectors, buffers, forms, cache_k, cache_v, cache_kt, pos, cos, sin, neox,
+                      eps, eps_ln, head_dim, scores, lanes):
         """Run one token (buffers[0]: x, (1, n_embd), updated in place) through every block at position pos.
 
         plan: (offsets, rows, row_bytes, types, activation kinds), each (n_layer, matrices);
@@ -80,7 +81,8 @@ def _decoder(mask: int, ops: int, sinks: bool):
         softcap; scale: the factor);
         vectors: every norm weight and bias, float32; buffers: the (1, width) activations by number;
         forms: per matmul input, its (q8_0, q8_k) scratch; cos, sin: (tables, 1, rope_dim/2);
-        cache_k, cache_v: (n_layer, n_ctx, n_head_kv, head_dim), uint16 halves.
+        cache_k, cache_v: (n_layer, n_ctx, n_head_kv, head_dim), uint16 halves; cache_kt: the keys transposed
+        (KVCache.kt); scores, lanes: attention's scratch (backend._scores, backend._lanes_scratch).
         """
         for l in range(steps.shape[0]):
             for i in range(steps.shape[1]):
@@ -112,6 +114,7 @@ def _decoder(mask: int, ops: int, sinks: bool):
                 elif store_kv and op == STORE_KV:
                     k, v = buffers[st[SRC]], buffers[st[OTHER]]
                     store_as_half(cache_k[l, pos : pos + 1], k.reshape(1, k.shape[1] // head_dim, head_dim))
+                    store_keys_transposed(cache_kt[l], pos, k.reshape(1, k.shape[1] // head_dim, head_dim))
                     store_as_half(cache_v[l, pos : pos + 1], v.reshape(1, v.shape[1] // head_dim, head_dim))
                 elif attention_ and op == ATTENTION:
                     q, out = buffers[st[SRC]], buffers[st[DST]]
@@ -119,9 +122,15 @@ def _decoder(mask: int, ops: int, sinks: bool):
                     if sinks and st[SINKS] >= 0:
                         attention(q3, cache_k[l, : pos + 1], cache_v[l, : pos + 1], pos, scores, out3, factors[l, i, 0],
                                   st[WINDOW], factors[l, i, 1], vectors[st[SINKS] : st[SINKS] + q3.shape[1]])
-                    else:
+                    elif factors[l, i, 1] != 0.0 or head_dim % 8:   # softcapped: as backend.attention
                         attention(q3, cache_k[l, : pos + 1], cache_v[l, : pos + 1], pos, scores, out3, factors[l, i, 0],
                                   st[WINDOW], factors[l, i, 1])
+                    elif head_dim % 16:
+                        attention_heads(q3, cache_k[l, : pos + 1], cache_v[l, : pos + 1], pos, lanes, out3,
+                                        factors[l, i, 0], st[WINDOW])
+                    else:                                             # as backend.attention chooses
+                        attention_decode(q3, cache_kt[l], cache_v[l, : pos + 1], pos, scores, out3, factors[l, i, 0],
+                                         st[WINDOW])
                 elif add and op == ADD:
                     dst = buffers[st[DST]]
                     dst += buffers[st[OTHER]]
@@ -247,6 +256,6 @@ class FusedDecoder:
         buffers = tuple(state.buffers[name][:1] for name in self.names)
         cos = np.stack([t[0] for t in tables]) if len(tables) > 1 else tables[0][0][None]
         sin = np.stack([t[1] for t in tables]) if len(tables) > 1 else tables[0][1][None]
-        self.decode(self.data, self.plan, self.steps, self.factors, self.vectors, buffers, self.forms, cache.k, cache.v,
+        self.decode(self.data, self.plan, self.steps, self.factors, self.vectors, buffers, self.forms, cache.k, cache.v, cache.kt,
                     pos, cos, sin, self.net.rope_neox, np.float32(c.norm_eps), np.float32(c.layer_norm_eps), c.head_dim,
-                    self.net.backend._scores)
+                    self.net.backend._scores, self.net.backend._lanes_scratch(c.head_dim))

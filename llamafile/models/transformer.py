@@ -31,12 +31,14 @@ class KVCache:
     """Keys and values of every layer for one context, allocated once."""
     k: np.ndarray  # (n_layer, n_ctx, n_head_kv, head_dim) uint16: f16 bits, as llama.cpp's default cache
     v: np.ndarray  # (n_layer, n_ctx, n_head_kv, head_dim) uint16
-    n_past: int = 0
+    kt: np.ndarray  # (n_layer, n_ctx / 16, n_head_kv, head_dim, 16) uint16: k transposed in blocks of 16
+    n_past: int = 0  # keys, which decoding reads with the keys in the vector lanes (kernels.ops.attention_decode)
 
     @classmethod
     def allocate(cls, config: ModelConfig, n_ctx: int, dtype=np.uint16) -> "KVCache":
         shape = (config.n_layer, n_ctx, config.n_head_kv, config.head_dim)
-        return cls(np.zeros(shape, dtype), np.zeros(shape, dtype))
+        blocks = (config.n_layer, -(-n_ctx // 16), config.n_head_kv, config.head_dim, 16)
+        return cls(np.zeros(shape, dtype), np.zeros(shape, dtype), np.zeros(blocks, dtype))
 
     @property
     def n_ctx(self) -> int:
@@ -253,12 +255,12 @@ class Transformer(ABC):
             elif op == "rope":
                 ops.rope(buf[st.src].reshape(n, -1, hd), angles[st.table], self.rope_neox)
             elif op == "store_kv":
-                ops.store_kv(cache.k[layer, start : start + n], buf[st.src].reshape(n, -1, hd))
+                ops.store_kv(cache.k[layer, start : start + n], buf[st.src].reshape(n, -1, hd), cache.kt[layer], start)
                 ops.store_kv(cache.v[layer, start : start + n], buf[st.other].reshape(n, -1, hd))
             elif op == "attention":
                 ops.attention(buf[st.src].reshape(n, -1, hd), cache.k[layer, : start + n], cache.v[layer, : start + n],
                               start, buf[st.dst].reshape(n, -1, hd), st.factor, st.window, st.cap,
-                              *((b.vector,) if st.sinks else ()))
+                              b.vector if st.sinks else None, cache.kt[layer])
             elif op == "copy":
                 dst = buf[st.dst]
                 dst[:] = buf[st.src][:, st.offset : st.offset + dst.shape[1]]
