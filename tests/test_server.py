@@ -111,6 +111,36 @@ def test_chat_completion_stream_matches_non_stream(client):
     assert len({c.id for c in chunks}) == 1 and chunks[0].object == "chat.completion.chunk"
 
 
+def test_same_greedy_request_same_answer_in_every_order_and_mode(server, client):
+    """Issue 15: the answer to a greedy request never depends on what the slots held before (the prefix
+    reused or not, after a request sharing part of it), on streaming, or on the other slot being busy."""
+    system = {"role": "system", "content": "You are a helpful assistant. Answer in two sentences."}
+    ask = dict(model=MODEL, max_tokens=40, temperature=0,
+               messages=[system, {"role": "user", "content": "Why is the sky blue?"}])
+
+    def answer(stream=False):
+        if not stream:
+            return client.chat.completions.create(**ask).choices[0].message.content
+        chunks = client.chat.completions.create(**ask, stream=True)
+        return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+
+    def other(content, max_tokens=24):
+        client.chat.completions.create(model=MODEL, max_tokens=max_tokens, temperature=0,
+                                       messages=[system, {"role": "user", "content": content}])
+    texts = {"first": answer(), "repeated": answer(), "streamed": answer(stream=True)}
+    other("Why is the sea salty? Tell me about rivers, rocks and rain, and how long it took.")
+    texts["after a shared prefix"] = answer()
+    client.chat.completions.create(model=MODEL, max_tokens=8, temperature=0, messages=[
+        *ask["messages"], {"role": "assistant", "content": texts["first"]}, {"role": "user", "content": "Shorter?"}])
+    texts["after its own longer conversation"] = answer()
+    busy = threading.Thread(target=other, args=("Count from 1 to 60.", 120))
+    busy.start()
+    texts["beside a busy slot"] = answer(stream=True)
+    busy.join()
+    assert len(set(texts.values())) == 1, texts
+    assert len(texts["first"]) > 40
+
+
 def test_text_completion_and_stream(client):
     r = client.completions.create(model=MODEL, prompt="The capital of France is", max_tokens=8, temperature=0)
     assert r.object == "text_completion" and "Paris" in r.choices[0].text

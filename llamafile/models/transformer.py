@@ -188,7 +188,7 @@ class Transformer(ABC):
             is_last = first + len(chunk) == n
             logits = self._forward_batch(chunk, cache, state, "all" if all_logits else "last" if is_last else None,
                                          out[first : first + len(chunk)] if all_logits else state.logits)
-        return logits
+        return out if all_logits else logits
 
     def _decoder(self):
         """The one-call decode step (llamafile.models.fused) where the backend and weights allow."""
