@@ -16,8 +16,7 @@ def generate(model, prompt_ids: Sequence[int], sampler: Callable[[np.ndarray], i
     (llama.cpp's --ignore-eos). A sampler with accept() sees the prompt and every id drawn.
 
     With reuse_prefix, the part of the prompt the context already holds is not evaluated again
-    (a chat's next turn). Results can then differ in the last bits from a fresh evaluation,
-    so by default the context starts empty and the same call gives the same ids.
+    (a chat's next turn); the kernels are batch-invariant, so the ids are the same either way.
     """
     accept = getattr(sampler, "accept", None)
     if accept is not None:

@@ -94,9 +94,8 @@ class Model:
         """Logits after ids (n_vocab,), reusing the longest prefix of ids the context already holds.
 
         A chat's next turn, or a server request sharing a system prompt, evaluates only what is new.
-        The last token always goes through the one-token path, alone: a token evaluated in a batch
-        and alone can differ in the last bits, and this way the logits a generation starts from are
-        the same whether the prefix was reused or not, so the same request gives the same answer.
+        The last token goes through the one-token path, alone (the kernels give it the same bits in a
+        batch: this only keeps the prompt's last logits in the same buffer as a decoded token's).
         """
         ids = [int(t) for t in ids]
         common = 0
