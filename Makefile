@@ -29,7 +29,7 @@ exe:
 
 # The aarch64 executable for a Raspberry Pi 4 / 5 with glibc 2.31 or newer (Raspberry Pi OS bullseye),
 # built under qemu in an arm64 Debian 11 root (packaging/old_glibc.py --arch arm64; the root, kept in
-# ~/.cache/llamafile/bullseye-arm64-root, takes hours the first time) as a Pi 5, so both CPU targets are
+# ~/.cache/llamafile/bullseye-arm64-root, about an hour the first time) as a Pi 5, so both CPU targets are
 # warmed up. Then the glibc it needs, and its greedy completion run in that root as a Pi 4 and a Pi 5.
 exe-arm64:
 	nice -n 19 python3 packaging/old_glibc.py --arch arm64 --model $(EXE_MODEL) --out dist-arm64

@@ -4,8 +4,8 @@
     python3 packaging/old_glibc.py --glibc EXE       # the newest GLIBC_ version EXE's ELF files need
 
 An executable needs a glibc at least as new as the one its bundled libpython and system libraries
-were linked against: built on Debian 12 that means glibc 2.34+ (2.35 for this machine's Python).
-Built here it runs on glibc 2.31 (Debian 11, Ubuntu 20.04, RHEL 9 and newer):
+were linked against: built on this Debian 12 machine, GLIBC_2.36 (libstdc++; libpython 2.35, as
+--glibc measures). Built here it runs on glibc 2.31 (Debian 11, Ubuntu 20.04, RHEL 9 and newer):
 
 1. a bullseye root (glibc 2.31, gcc 10) from Debian's mirror with debootstrap, as root;
 2. Python 3.11 compiled in it from Debian's own source package (bookworm's python3.11, via
@@ -24,8 +24,8 @@ manylinux aarch64 wheels for glibc <= 2.31, and build.py run as a cortex-a76 (QE
 Raspberry Pi targets (cortex-a72 = Pi 4, cortex-a76 = Pi 5 with sdot) are warmed up; the blob is
 compressed with `--xz-level 1` unless the build arguments say otherwise (xz runs emulated too).
 
-Older than bullseye is out of reach: buster (glibc 2.28) is served from archive.debian.org only (unreachable here),
-and llguidance has no wheel below glibc 2.31.
+Older than bullseye is out of reach: buster (glibc 2.28) is served from archive.debian.org only
+(unreachable here), and llguidance has no wheel below glibc 2.31.
 """
 from __future__ import annotations
 

@@ -9,8 +9,8 @@ Linux x86_64, no debootstrap), or with LLAMAFILE_SKIP_PACKAGING=1 as the other p
 
 The aarch64 case runs the executable `make exe-arm64` builds (old_glibc.py --arch arm64, under qemu)
 in the arm64 bullseye root, as a Raspberry Pi 4 (cortex-a72) and a Pi 5 (cortex-a76), and checks
-the glibc it needs. Building the root and the executable under emulation takes hours on a 2-core
-machine, so it only runs when both are already there (after `make exe-arm64`), or when
+the glibc it needs. Building the root and the executable under emulation takes over an hour on a
+2-core machine, so it only runs when both are already there (after `make exe-arm64`), or when
 LLAMAFILE_OLD_GLIBC_ARM64=build asks for the build; otherwise it skips, saying so.
 """
 from __future__ import annotations
@@ -84,7 +84,7 @@ def exe_arm64() -> Path:
     missing = [str(p) for p in (root / ".stamp-packages", ARM64_EXE) if not p.exists()]
     if missing:
         pytest.skip(f"no arm64 bullseye root or executable ({', '.join(missing)}): `make exe-arm64` builds them "
-                    "under qemu (hours the first time), or LLAMAFILE_OLD_GLIBC_ARM64=build")
+                    "under qemu (about an hour the first time), or LLAMAFILE_OLD_GLIBC_ARM64=build")
     return ARM64_EXE
 
 
