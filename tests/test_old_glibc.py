@@ -6,6 +6,12 @@ compiled in it and the wheels are kept in ~/.cache/llamafile/bullseye-root: ~25 
 time on a busy 2-core machine, then the executable only, a few minutes) and runs the reference's
 greedy completion in that root with chroot. Skipped where debootstrap cannot run (not root, not
 Linux x86_64, no debootstrap), or with LLAMAFILE_SKIP_PACKAGING=1 as the other packaging tests.
+
+The aarch64 case runs the executable `make exe-arm64` builds (old_glibc.py --arch arm64, under qemu)
+in the arm64 bullseye root, as a Raspberry Pi 4 (cortex-a72) and a Pi 5 (cortex-a76), and checks
+the glibc it needs. Building the root and the executable under emulation takes over an hour on a
+2-core machine, so it only runs when both are already there (after `make exe-arm64`), or when
+LLAMAFILE_OLD_GLIBC_ARM64=build asks for the build; otherwise it skips, saying so.
 """
 from __future__ import annotations
 
@@ -24,10 +30,8 @@ sys.path.insert(0, str(REPO / "packaging"))
 import old_glibc  # noqa: E402
 
 PROMPT = "The capital of France is"
-pytestmark = [
-    pytest.mark.skipif(old_glibc.can_build() is not None, reason=f"debootstrap cannot run: {old_glibc.can_build()}"),
-    pytest.mark.skipif(os.environ.get("LLAMAFILE_SKIP_PACKAGING") == "1", reason="LLAMAFILE_SKIP_PACKAGING=1"),
-]
+pytestmark = pytest.mark.skipif(os.environ.get("LLAMAFILE_SKIP_PACKAGING") == "1", reason="LLAMAFILE_SKIP_PACKAGING=1")
+ARM64_EXE = REPO / "dist-arm64" / old_glibc.exe_name("arm64")   # where make exe-arm64 puts it
 
 
 @pytest.fixture(scope="module")
@@ -39,10 +43,10 @@ def exe() -> Path:
     return Path(r.stdout.strip().splitlines()[-1])
 
 
-def in_root(*cmd: str, timeout=600) -> subprocess.CompletedProcess:
+def in_root(*cmd: str, timeout=600, root: Path = old_glibc.ROOT, **env_extra: str) -> subprocess.CompletedProcess:
     env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root", "LANG": "C.UTF-8",
-           "LLAMAFILE_CACHE": "/tmp/llamafile-test/cache"}
-    return subprocess.run(["chroot", str(old_glibc.ROOT), *cmd], capture_output=True, text=True, env=env,
+           "LLAMAFILE_CACHE": "/tmp/llamafile-test/cache", **env_extra}
+    return subprocess.run(["chroot", str(root), *cmd], capture_output=True, text=True, env=env,
                           timeout=timeout, stdin=subprocess.DEVNULL)
 
 
@@ -50,6 +54,7 @@ def expected_prefix() -> str:
     return greedy_prefix(PROMPT)
 
 
+@pytest.mark.skipif(old_glibc.can_build() is not None, reason=f"debootstrap cannot run: {old_glibc.can_build()}")
 def test_greedy_completion_on_glibc_2_31(exe):
     glibc = in_root("/usr/bin/ldd", "--version")
     assert re.search(r"GLIBC 2\.31\b", glibc.stdout), glibc.stdout
@@ -65,3 +70,57 @@ def test_greedy_completion_on_glibc_2_31(exe):
         assert "compiling kernels" not in r.stderr, "the shipped kernels were not used"
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def exe_arm64() -> Path:
+    root = old_glibc.root_for("arm64")
+    if os.environ.get("LLAMAFILE_OLD_GLIBC_ARM64") == "build":
+        r = subprocess.run(["nice", "-n", "19", sys.executable, str(REPO / "packaging" / "old_glibc.py"),
+                            "--arch", "arm64", "--out", str(ARM64_EXE.parent)],
+                           capture_output=True, text=True, timeout=12 * 3600, stdin=subprocess.DEVNULL)
+        assert r.returncode == 0, r.stderr[-4000:]
+        return Path(r.stdout.strip().splitlines()[-1])
+    missing = [str(p) for p in (root / ".stamp-packages", ARM64_EXE) if not p.exists()]
+    if missing:
+        pytest.skip(f"no arm64 bullseye root or executable ({', '.join(missing)}): `make exe-arm64` builds them "
+                    "under qemu (about an hour the first time), or LLAMAFILE_OLD_GLIBC_ARM64=build")
+    return ARM64_EXE
+
+
+@pytest.mark.skipif(old_glibc.can_build("arm64") is not None,
+                    reason=f"cannot run the arm64 root: {old_glibc.can_build('arm64')}")
+@pytest.mark.parametrize("cpu, level", [("cortex-a72", "generic"), ("cortex-a76", "dotprod")])
+def test_greedy_completion_on_glibc_2_31_aarch64(exe_arm64, cpu, level):
+    """A Pi 4 runs the generic kernels (no sdot: a Pi 5's would die of SIGILL), a Pi 5 the dotprod
+    ones, both shipped (nothing compiles), both the reference's greedy text, on glibc 2.31."""
+    root = old_glibc.root_for("arm64")
+    old_glibc.enable_binfmt("arm64")
+    glibc = in_root("/usr/bin/ldd", "--version", root=root)
+    assert re.search(r"GLIBC 2\.31\b", glibc.stdout), glibc.stdout
+    work = root / "tmp" / "llamafile-test"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    shutil.copy2(exe_arm64, work / exe_arm64.name)
+    try:
+        with old_glibc.mounted(root):
+            r = in_root(f"/tmp/llamafile-test/{exe_arm64.name}", "-p", PROMPT, "-n", "16", "--temp", "0",
+                        "--verbose", root=root, timeout=3600, QEMU_CPU=cpu)  # --verbose: the banner names the cpu level
+        print(f"{cpu}: {r.stdout!r}")
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert r.stdout.startswith(expected_prefix()), r.stdout
+        assert f"cpu {level}" in r.stderr, r.stderr[-3000:]
+        assert "compiling kernels" not in r.stderr, "the shipped kernels were not used"
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+@pytest.mark.skipif(old_glibc.can_build("arm64") is not None,
+                    reason=f"cannot run the arm64 root: {old_glibc.can_build('arm64')}")
+def test_aarch64_needs_at_most_glibc_2_31(exe_arm64):
+    """The newest GLIBC_ version any ELF file in the executable (bootloader, PyInstaller's archive,
+    the runtime blob) requires."""
+    pytest.importorskip("PyInstaller", reason="reading PyInstaller's archive needs PyInstaller")
+    floor, worst = old_glibc.glibc_needed(exe_arm64)
+    print(f"{exe_arm64.name} needs GLIBC_{floor} ({', '.join(f'{n} {v}' for n, v in worst)})")
+    assert tuple(map(int, floor.split("."))) <= (2, 31), worst
