@@ -2,12 +2,13 @@
 
     out[t, r] = sum_k W[r, k] * x[t, k]      W: (rows, row_bytes) raw blocks, x: (n, k), out: (n, rows)
 
-One driver per kind (quantised, VNNI panels, float), specialised per format by the row dot and tiles
-it calls: kernels.quant builds them from the format's decoder (kernels.blocks), kernels.simd has the
-float ones. Every path reaches a format through the registries below, keyed by GGML type. Threads split the
-rows into fixed tiles; every output element is summed by one thread in a fixed order, so the
-result does not depend on the thread count. Quantised formats first quantise x to 8 bits per
-block of 32 (`quantize_q8`, as llama.cpp does) and multiply in integers.
+One driver per kind (quantised, VNNI panels, float), specialised per format by the tiles it calls
+(a token's rows, a few tokens', a prompt's): kernels.quant builds them from the format's decoder
+(kernels.blocks), kernels.simd has the float ones. Every path reaches a format through the registries
+below, keyed by GGML type. Threads split the rows into fixed tiles; every output element is summed by
+one thread, and every kernel sums it in the same order (kernels.quant's "arithmetic"), so the result
+depends neither on the thread count nor on the batch a token is in. Quantised formats first quantise
+x to 8 bits per block of 32 (`quantize_q8`, as llama.cpp does) and multiply in integers.
 
 The definitions these are tested against: x @ weights.quants.dequantize(W).T.
 """

@@ -158,7 +158,6 @@ def attention(q, k, v, start, scores, out, scale=0.0, window=0, softcap=0.0, sin
 
 
 LANES = 16  # queries (or heads) per work item of attention_blocked / attention_heads: a float32 lane each
-QUERY_BLOCK = LANES
 
 
 def attention_scratch(threads: int, n_ctx: int, head_dim: int) -> np.ndarray:

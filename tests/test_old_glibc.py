@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, greedy_prefix, model_path
+from conftest import REPO, greedy_prefix
 
 sys.path.insert(0, str(REPO / "packaging"))
 import old_glibc  # noqa: E402
