@@ -297,15 +297,18 @@ def test_slots_metrics(http):
 
 
 def test_slot_save_restore_erase(http, slot_dir):
-    body = {"prompt": "A slot to keep: one two three", "n_predict": 1, "temperature": 0, "id_slot": 0}
-    http.post("/completion", json=body)
+    body = {"prompt": "A slot to keep: one two three", "n_predict": 8, "temperature": 0, "id_slot": 0}
+    first = http.post("/completion", json=body).json()
     saved = http.post("/slots/0?action=save", json={"filename": "keep.bin"}).json()
     assert saved["n_saved"] > 0 and (slot_dir / "keep.bin").exists()
     assert http.post("/slots/0?action=erase").json()["n_erased"] == saved["n_saved"]
+    http.post("/completion", json={**body, "prompt": "Something else entirely, to overwrite the slot's cache"})
+    http.post("/slots/0?action=erase")
     restored = http.post("/slots/0?action=restore", json={"filename": "keep.bin"}).json()
     assert restored["n_restored"] == saved["n_saved"]
     again = http.post("/completion", json=body).json()
-    assert again["tokens_cached"] == saved["n_saved"] - 1  # all but the last prompt token, from the file
+    assert again["tokens_cached"] == first["tokens_evaluated"] - 1  # all but the last prompt token, from the file
+    assert again["content"] == first["content"]                      # the restored keys read as they were saved
     assert http.post("/slots/0?action=save", json={"filename": "../escape"}).status_code == 400
     assert http.post("/slots/0?action=restore", json={"filename": "missing.bin"}).status_code == 404
     assert http.post("/slots/9?action=erase").status_code == 400

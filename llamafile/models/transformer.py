@@ -44,6 +44,17 @@ class KVCache:
     def n_ctx(self) -> int:
         return self.k.shape[1]
 
+    def restore(self, k: np.ndarray, v: np.ndarray) -> None:
+        """Keys and values of the first n positions from elsewhere (a saved slot): (n_layer, n, n_head_kv,
+        head_dim) each; the keys' transposed copy is made from them."""
+        n = k.shape[1]
+        self.k[:, :n], self.v[:, :n] = k, v
+        blocks = -(-n // 16)
+        padded = np.zeros((k.shape[0], blocks * 16) + k.shape[2:], self.k.dtype)
+        padded[:, :n] = k
+        self.kt[:, :blocks] = padded.reshape(k.shape[0], blocks, 16, *k.shape[2:]).transpose(0, 1, 3, 4, 2)
+        self.n_past = n
+
 
 def standard_buffers(c: ModelConfig) -> dict[str, int]:
     """The activation buffers of a llama-like block and their widths."""

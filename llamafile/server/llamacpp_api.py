@@ -202,8 +202,7 @@ def restore_slot(path: Path):
             return APIError(400, f"'{path.name}' holds a cache of another model or a larger context",
                             code="invalid_value", param="filename")
         m.reset()
-        m.cache.k[:, :n], m.cache.v[:, :n] = k, v
-        m.cache.n_past = n
+        m.cache.restore(k, v)
         m.tokens.extend(int(t) for t in tokens)
         return {"id_slot": slot.index, "filename": path.name, "n_restored": n,
                 "n_read": path.stat().st_size}
