@@ -11,7 +11,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from . import simd
+from . import reference, simd
 from .simd import exp
 
 SERIAL_BELOW = 4  # rows: fewer than this run on the calling thread (a parallel region costs microseconds)
@@ -303,29 +303,35 @@ def swiglu(gate, up, out):
             out[t, j] = g / (np.float32(1.0) + exp(-g)) * up[t, j]
 
 
-GELU_C = math.sqrt(2.0 / math.pi)
+GELU_TABLE = reference.GELU_TABLE  # gelu of every half, as a half: llama.cpp's table (GGML_GELU_FP16)
+
+
+@njit(cache=True, inline="always")
+def _gelu(x):
+    """GELU as llama.cpp computes it: x rounded to a half, looked up (exactly reference.gelu)."""
+    if x <= np.float32(-10.0):
+        return np.float32(0.0)
+    if x >= np.float32(10.0):
+        return x
+    return GELU_TABLE[simd.float_to_half(x)]
 
 
 @_rowwise()
 def geglu(gate, up, out):
-    """out = gelu(gate) * up, all (n, n_ff); gelu with llama.cpp's tanh approximation."""
+    """out = gelu(gate) * up, all (n, n_ff)."""
     n, m = gate.shape
-    c, a = np.float32(GELU_C), np.float32(0.044715)
     for t in prange(n):
         for j in range(m):
-            g = gate[t, j]
-            out[t, j] = np.float32(0.5) * g * (np.float32(1.0) + np.tanh(c * g * (np.float32(1.0) + a * g * g))) * up[t, j]
+            out[t, j] = _gelu(gate[t, j]) * up[t, j]
 
 
 @_rowwise()
 def gelu(x, out):
-    """out = gelu(x), (n, m); the tanh approximation, as geglu's."""
+    """out = gelu(x), (n, m)."""
     n, m = x.shape
-    c, a = np.float32(GELU_C), np.float32(0.044715)
     for t in prange(n):
         for j in range(m):
-            g = x[t, j]
-            out[t, j] = np.float32(0.5) * g * (np.float32(1.0) + np.tanh(c * g * (np.float32(1.0) + a * g * g)))
+            out[t, j] = _gelu(x[t, j])
 
 
 @_rowwise()

@@ -99,9 +99,31 @@ def swiglu(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
     return (silu(gate) * up).astype(np.float32)
 
 
+def _gelu_tanh(x: np.ndarray) -> np.ndarray:
+    """GELU, tanh approximation, in float32 (llama.cpp's ggml_gelu_f32)."""
+    x = x.astype(np.float32)
+    c, a, half, one = np.float32(0.7978845608028654), np.float32(0.044715), np.float32(0.5), np.float32(1.0)
+    return half * x * (one + np.tanh(c * x * (one + a * x * x)))
+
+
+def _gelu_table() -> np.ndarray:
+    """(65536,) float32: for every half's bits, gelu of that half rounded to a half (llama.cpp's
+    ggml_table_gelu_f16)."""
+    x = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
+    with np.errstate(all="ignore"):
+        return _gelu_tanh(x).astype(np.float16).astype(np.float32)
+
+
+GELU_TABLE = _gelu_table()
+
+
 def gelu(x: np.ndarray) -> np.ndarray:
-    """GELU, tanh approximation (llama.cpp's ggml_gelu)."""
-    return 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * x * (1.0 + 0.044715 * x * x)))
+    """GELU as llama.cpp computes it (GGML_GELU_FP16): x rounded to a half looked up in GELU_TABLE;
+    0 at or below -10, x at or above 10."""
+    x = x.astype(np.float32)
+    with np.errstate(over="ignore"):
+        looked_up = GELU_TABLE[x.astype(np.float16).view(np.uint16)]
+    return np.where(x <= -10, np.float32(0.0), np.where(x >= 10, x, looked_up)).astype(np.float32)
 
 
 def geglu(gate: np.ndarray, up: np.ndarray) -> np.ndarray:

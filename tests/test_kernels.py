@@ -291,6 +291,25 @@ def test_rope_tables_as_llamacpp_computes_them():
     np.testing.assert_allclose(cos, exact_cos, atol=2e-3)
 
 
+@pytest.mark.parametrize("n", [3, 200])   # the serial and the parallel kernel
+def test_gelu_and_geglu_are_llamacpps_table(n):
+    """gelu looks x up as a half in llama.cpp's table (GGML_GELU_FP16): the same bits as the numpy
+    definition, everywhere including the +-10 edges, infinities and halves' overflow."""
+    rng = np.random.default_rng(5)
+    x = (rng.standard_normal((n, 1000)) * 4).astype(np.float32)
+    x[0, :8] = [-10.0, 10.0, -9.999, 9.999, np.inf, -np.inf, 70000.0, -70000.0]
+    u = rng.standard_normal((n, 1000)).astype(np.float32)
+    out = np.empty_like(x)
+    ops.gelu(x, out)
+    np.testing.assert_array_equal(out, reference.gelu(x))
+    ops.geglu(x, u, out)
+    np.testing.assert_array_equal(out, reference.geglu(x, u))
+    with np.errstate(all="ignore"):
+        exact = 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * x * (1 + 0.044715 * x * x)))
+    finite = np.isfinite(x) & (np.abs(x) < 60000)
+    np.testing.assert_allclose(reference.gelu(x)[finite], exact[finite], rtol=2e-3, atol=1e-3)
+
+
 def test_swiglu():
     rng = np.random.default_rng(4)
     g, u = rng.standard_normal((3, 100)).astype(np.float32), rng.standard_normal((3, 100)).astype(np.float32)
