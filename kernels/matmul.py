@@ -229,16 +229,70 @@ def _float_rows(code, w, r_first, r_end, t_first, t_end, x, out):
             _float_row1(code, w, r, x, t, out)
 
 
+def _bf16_matmul(code, R, T):
+    """BF16 with AVX512-BF16: a prompt's tiles read xb, x rounded to bf16 once for the batch (BF16Activations);
+    fewer tokens than a tile read x, as FLOAT_MATMUL's driver does. The same bits either way."""
+    @njit(cache=True, parallel=True)
+    def matmul(w, x, xb, out):
+        rows, n = w.shape[0], x.shape[0]
+        if n < T:
+            for tile_r in prange((rows + ROWS_PER_TILE - 1) // ROWS_PER_TILE):
+                _float_rows(code, w, tile_r * ROWS_PER_TILE, min(rows, (tile_r + 1) * ROWS_PER_TILE), 0, n, x, out)
+            return
+        full_t = n - n % T
+        for strip in prange((rows + R - 1) // R):
+            r0 = strip * R
+            if r0 + R <= rows:
+                for t0 in range(0, full_t, T):
+                    simd.BF16_ROUNDED_TILE(w, r0, xb, t0, out)
+                _float_rows(code, w, r0, r0 + R, full_t, n, x, out)
+            else:
+                _float_rows(code, w, r0, rows, 0, n, x, out)
+    return matmul
+
+
+@njit(cache=True, parallel=True)
+def round_to_bf16(x, xb):
+    """xb (n, k) uint16 = x (n, k) rounded to bf16, as the BF16 tiles round activations; k a multiple of 32."""
+    for t in prange(x.shape[0]):
+        for i in range(x.shape[1] // 32):
+            simd.round_to_bf16(x, t, i, xb)
+
+
+class BF16Activations:
+    """Scratch for x rounded to bf16, allocated once for up to max_tokens rows of k: BF16 prompts with
+    AVX512-BF16 round a batch once (kernels.simd.BF16_ROUNDED_TILE), not once per strip of rows."""
+    panels = None
+
+    def __init__(self, max_tokens: int, k: int):
+        self.xb = np.empty((max_tokens, k), np.uint16)
+
+    def fill(self, x: np.ndarray, kind: str = "bf16"):
+        n = x.shape[0]
+        if n >= simd.BF16_TILE[1]:  # decoding reads x itself
+            round_to_bf16(x, self.xb[:n])
+        return x, self.xb[:n]
+
+
 QUANT_MATMUL = {t: _quant_matmul(int(t), *quant.TILE) for t in FORMATS}
 FLOAT_MATMUL = {T.F32: _float_matmul(int(T.F32), *simd.FLOAT_TILE), T.F16: _float_matmul(int(T.F16), *simd.FLOAT_TILE),
                 T.BF16: _float_matmul(int(T.BF16), *simd.BF16_TILE)}
 PANEL_MATMUL = {t: _panel_matmul(int(t), panels.ROWS, panels.GROUPS) for t in panels.TILES}
+ROUNDED_MATMUL = {T.BF16: _bf16_matmul(int(T.BF16), *simd.BF16_TILE)} if simd.HAS_BF16 else {}  # float formats reading prepared x
 SUPPORTED = frozenset(QUANT_MATMUL) | frozenset(FLOAT_MATMUL)
 
 
 def activations(qtype: T) -> str | None:
-    """The kind of 8-bit activations a quantised type multiplies ("q8_0", "q8_k"); None for floats."""
+    """The form of the activations a format's matmul reads besides x: 8-bit ones for a quantised type
+    ("q8_0", "q8_k"), "bf16" for BF16 where the CPU has AVX512-BF16; None: x alone (FLOAT_MATMUL)."""
+    if qtype in ROUNDED_MATMUL:
+        return "bf16"
     return FORMATS[qtype].activations if qtype in FORMATS else None
+
+
+def scratch(max_tokens: int, k: int, kind: str):
+    """The scratch that prepares activations of a kind (activations()) for up to max_tokens rows of k."""
+    return BF16Activations(max_tokens, k) if kind == "bf16" else Q8Activations(max_tokens, k)
 
 
 def block_weights(qtype: T) -> int:
@@ -286,9 +340,12 @@ def _panel_groups(n: int) -> int:
     return -(-n // per_tile) * panels.GROUPS
 
 
-def quant_matmul(qtype: T, w: np.ndarray, parts: tuple, panel: tuple | None, out: np.ndarray) -> np.ndarray:
-    """out (n, rows) = x @ W.T from x's 8-bit parts (Q8Activations.fill) and, if packed, its panels."""
-    if panel is not None:
+def prepared_matmul(qtype: T, w: np.ndarray, parts: tuple, panel: tuple | None, out: np.ndarray) -> np.ndarray:
+    """out (n, rows) = x @ W.T from x's prepared parts (scratch(...).fill: 8-bit for a quantised type) and, if
+    packed, its panels."""
+    if qtype in ROUNDED_MATMUL:
+        ROUNDED_MATMUL[qtype](w, *parts, out)
+    elif panel is not None:
         PANEL_MATMUL[qtype](w, *parts, *panel, out)
     else:
         QUANT_MATMUL[qtype](w, *parts, out)
@@ -297,12 +354,13 @@ def quant_matmul(qtype: T, w: np.ndarray, parts: tuple, panel: tuple | None, out
 
 def matmul(qtype: T, w: np.ndarray, x: np.ndarray, out: np.ndarray, q8: Q8Activations | None = None) -> np.ndarray:
     """out (n, rows) = x (n, k) @ W.T for W's raw rows (rows, row_bytes) of type qtype."""
-    if qtype in FLOAT_MATMUL:
+    kind = activations(qtype)
+    if kind is None:
         FLOAT_MATMUL[qtype](w, x, out)
         return out
-    q8 = q8 or Q8Activations(x.shape[0], x.shape[1])
-    parts = q8.fill(x, FORMATS[qtype].activations)
-    return quant_matmul(qtype, w, parts, q8.panels, out)
+    q8 = q8 or scratch(x.shape[0], x.shape[1], kind)
+    parts = q8.fill(x, kind)
+    return prepared_matmul(qtype, w, parts, q8.panels, out)
 
 
 def types_mask(qtypes) -> int:

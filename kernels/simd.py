@@ -397,9 +397,33 @@ def _bf16_tile(R, T):
     return _tile(R, T, 32, 16, lambda builder, row, i: _load_vec(builder, row, i, 64, vec(BF, 32)), _x_as_bf16, _dpbf16, 64)
 
 
-BF16_TILE = (4, 4) if cpu.has("bf16") else FLOAT_TILE
-if cpu.has("bf16"):
+def _bf16_rounded_tile(R, T):
+    """The prompt tile reading activations already rounded to bf16 (round_to_bf16, once for a batch) rather
+    than rounding them again for every R rows: 117-137 -> 191 GFLOP/s on a Zen 4 core. The same bits: the
+    same instruction rounds them."""
+    def load(builder, row, i):
+        return _load_vec(builder, builder.bitcast(row, I8.as_pointer()), i, 64, vec(BF, 32))
+    return _tile(R, T, 32, 16, load, load, _dpbf16, 64)
+
+
+@intrinsic
+def round_to_bf16(typingctx, x, t, i, xb):
+    """xb[t, 32i : 32i + 32] = x[t, 32i : 32i + 32] rounded to bf16 bits (vcvtne2ps2bf16, as the tiles round)."""
+    def codegen(context, builder, sig, args):
+        x, t, i, xb = args
+        src = builder.bitcast(_row_pointers(context, builder, sig.args[0], x, t, 1)[0], F32.as_pointer())
+        dst = _row_pointers(context, builder, sig.args[3], xb, t, 1)[0]
+        p = builder.gep(dst, [builder.mul(i, ir.Constant(i.type, 64))])
+        builder.store(_x_as_bf16(builder, src, i), builder.bitcast(p, vec(BF, 32).as_pointer()), align=1)
+        return context.get_dummy_value()
+    return types.none(x, types.intp, types.intp, xb), codegen
+
+
+HAS_BF16 = cpu.has("bf16")
+BF16_TILE = (4, 4) if HAS_BF16 else FLOAT_TILE
+if HAS_BF16:
     TILES_BF16 = tuple(_bf16_tile(R, T) for R, T in (BF16_TILE, (FLOAT_ROWS, 1), (1, 1)))
+    BF16_ROUNDED_TILE = _bf16_rounded_tile(*BF16_TILE)
 
 
 # --- rows of 16 float lanes: attention over a block of 16 queries ----------------------------

@@ -98,7 +98,7 @@ class Prepared:
         return self.x.shape
 
     def quantised(self, kind: str):
-        """(parts, panels) as kernels.matmul.quant_matmul takes them, for activations of this kind."""
+        """(parts, panels) as kernels.matmul.prepared_matmul takes them, for activations of this kind."""
         if kind not in self.forms:
             scratch = self.backend.q8_scratch(self.x.shape[1], kind)
             self.forms[kind] = scratch.fill(self.x, kind), scratch.panels
@@ -119,9 +119,10 @@ class NumbaBackend(NumpyBackend):
         self.mm, self.ops = mm, ops
 
     def q8_scratch(self, k: int, kind: str):
-        """8-bit activations of width k and a kind, allocated on first use (once per width: n_embd, n_ff)."""
+        """Prepared activations (8-bit, or bf16) of width k and a kind, allocated on first use (once per width:
+        n_embd, n_ff)."""
         if (k, kind) not in self._q8:
-            self._q8[k, kind] = self.mm.Q8Activations(self.n_batch, k)
+            self._q8[k, kind] = self.mm.scratch(self.n_batch, k, kind)
         return self._q8[k, kind]
 
     def prepare(self, x: np.ndarray) -> Prepared:
@@ -131,10 +132,11 @@ class NumbaBackend(NumpyBackend):
         x = x if isinstance(x, Prepared) else Prepared(x, self)
         if w.type not in self.mm.SUPPORTED or x.shape[1] % max(32, self.mm.block_weights(w.type)):
             return super().matmul(w, x.x, out)
-        if w.type in self.mm.FLOAT_MATMUL:
+        kind = self.mm.activations(w.type)
+        if kind is None:
             self.mm.FLOAT_MATMUL[w.type](w.data, x.x, out)
         else:
-            self.mm.quant_matmul(w.type, w.data, *x.quantised(self.mm.activations(w.type)), out)
+            self.mm.prepared_matmul(w.type, w.data, *x.quantised(kind), out)
         return out
 
     def rmsnorm(self, x, weight, eps, out):
@@ -192,7 +194,7 @@ class NumbaBackend(NumpyBackend):
 
     def allocate(self, n_batch: int, n_heads: int, n_ctx: int, rope_dim: int) -> None:
         self.n_batch = n_batch
-        self._q8 = {}                                                # (width, kind) -> Q8Activations
+        self._q8 = {}                                                # (width, kind) -> Q8Activations or BF16Activations
         self._scores = self.ops.decode_scores(n_heads, n_ctx)       # (heads, n_ctx rounded up to 16)
         self._n_ctx, self._attention_scratch, self._kv_floats = n_ctx, None, None
         self._rope_cos = np.empty((2, n_batch, rope_dim // 2), np.float32)   # two tables (rope_angles)

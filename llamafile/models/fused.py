@@ -28,7 +28,8 @@ from kernels.ops import (attention, attention_decode, attention_heads, geglu, ge
 rmsnorm_serial, rope_serial, swiglu_serial, geglu_serial = rmsnorm.serial, rope.serial, swiglu.serial, geglu.serial
 layernorm_serial, gelu_serial = layernorm.serial, gelu.serial
 
-KINDS = {None: 0, "q8_0": 1, "q8_k": 2}  # the activations a matrix multiplies: float, or kernels.matmul.QUANTIZE
+# the activations a matrix multiplies: float, or kernels.matmul.QUANTIZE's (a token's bf16 rounding is the tiles')
+KINDS = {None: 0, "bf16": 0, "q8_0": 1, "q8_k": 2}
 
 # opcodes (a step's op) and the columns of a step's row in the table
 NOP = 0                                # padding: layers with fewer steps
