@@ -1,21 +1,22 @@
-"""Prompt (pp128) and decode (tg64) speed against llama.cpp's, measured in one run.
+"""Prompt (pp) and decode (tg) speed against llama.cpp's, measured in one run, at depths.
 
-    python bench/bench.py                          # the six SmolLM2 files, 1 and 2 threads
-    python bench/bench.py --models smollm2 --threads 2
-    python bench/bench.py --models qwen05 smollm2-q4_k_m   # llama.cpp-quantised files (the bench extra)
+    python bench/bench.py                          # the default files, 1 and 2 threads, pp128 tg64 at depth 0
+    python bench/bench.py --models smollm2 --threads 2 --pp 128,512 --depth 0,4096
+    python bench/bench.py --models qwen05 smollm2-q4_k_m llama-1b-q4_k_m   # llama.cpp-quantised files, shapes
 
-For each file and thread count: our tok/s, llama.cpp's from ../shared/reference/llamacpp_bench.json
-(llama-bench on this machine) and the ratio; if llama-cpp-python is installed
-(`pip install llama-cpp-python`, built for this CPU), llama.cpp's speed measured now, its runs
-interleaved with ours, and that ratio; and decode as a fraction of the memory-bandwidth roofline
-(bandwidth measured before each row / bytes of weights read per token). Absolute figures drift
-by ±30% on this shared machine (its memory bandwidth with them): read the ratios, the live ones
-first.
+For each file, thread count and depth (tokens already in the context when the prompt or the decoded tokens
+come): our tok/s for each prompt size and for decoding; llama.cpp's, measured now through llama-cpp-python
+(the bench extra, built for this CPU) with its runs interleaved with ours, or, without it, llama-bench's
+figures from tests/reference/llamacpp_bench.json (another machine, depth 0 only; marked *); the ratio;
+decode as a share of the memory-bandwidth roofline (bandwidth measured before each row / bytes of weights
+read per token); and our peak RSS, alone in a fresh process, beside its bound (file + KV cache + 150 MB).
+Absolute figures drift by +-30% on a shared machine (its memory bandwidth with them): read the ratios.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -70,27 +71,80 @@ def weight_bytes_per_token(model) -> int:
     return total + net.output.nbytes
 
 
-def measure(model, prompt: list[int], n_gen: int) -> tuple[float, float]:
-    """One pp and one tg figure (tok/s) for anything with reset() and eval(ids): ours or llama.cpp's."""
-    model.reset()
-    pp = len(prompt) / _timed(lambda: model.eval(prompt))
-    model.reset()
-    model.eval([1])
+class Engine:
+    """Ours or llama.cpp's (llama-cpp-python) model, as the bench drives them: eval(ids) appends to the
+    context, rewind(n) keeps its first n tokens (llama-cpp-python drops the rest at its next eval)."""
+
+    def __init__(self, model, ours: bool):
+        self.model, self.ours = model, ours
+
+    def eval(self, ids):
+        self.model.eval(ids)
+
+    def rewind(self, n: int):
+        if self.ours:
+            self.model.truncate(n)
+        else:
+            self.model.n_tokens = n
+
+
+def measure(engine: Engine, depth: int, prompt: list[int], pps: list[int], n_gen: int) -> list[float]:
+    """tok/s of a pp-token prompt for each pp, then of n_gen decoded tokens, each after the same
+    depth tokens (evaluated before: engine.rewind(depth) returns to them)."""
+    out = []
+    for pp in pps:
+        engine.rewind(depth)
+        out.append(pp / _timed(lambda: engine.eval(prompt[:pp])))
+    engine.rewind(depth)
+    engine.eval(prompt[:1])
     t0 = time.perf_counter()
     for i in range(n_gen):
-        model.eval([prompt[i]])
-    return pp, n_gen / (time.perf_counter() - t0)
+        engine.eval([prompt[i + 1]])
+    out.append(n_gen / (time.perf_counter() - t0))
+    return out
 
 
-def measure_side_by_side(models: list, n_prompt: int, n_gen: int, repeats: int, n_vocab: int) -> list:
-    """Median (pp, tg) per model, their runs interleaved so that drift hits them alike."""
-    prompt = np.random.default_rng(0).integers(100, n_vocab, n_prompt).tolist()
-    for model in models:  # warm-up (and JIT, if the cache is cold)
-        model.reset()
-        model.eval(prompt[:8])
-        model.eval([1])
-    runs = [[measure(model, prompt, n_gen) for model in models] for _ in range(repeats)]
-    return [tuple(float(np.median([run[i][k] for run in runs])) for k in (0, 1)) for i in range(len(models))]
+def measure_side_by_side(engines: list[Engine], depth: int, pps: list[int], n_gen: int, repeats: int,
+                         n_vocab: int) -> list[list[float]]:
+    """Median figures (measure's) per engine, their runs interleaved so that drift hits them alike."""
+    rng = np.random.default_rng(0)
+    prefix = rng.integers(100, n_vocab, depth).tolist()
+    prompt = rng.integers(100, n_vocab, max(max(pps), n_gen + 1)).tolist()
+    for engine in engines:  # the depth, once per engine; and a warm-up (and JIT, if the cache is cold)
+        engine.rewind(0)
+        if depth:
+            engine.eval(prefix)
+        engine.eval(prompt[:8])
+        engine.rewind(depth)
+        engine.eval(prompt[:1])
+    runs = [[measure(engine, depth, prompt, pps, n_gen) for engine in engines] for _ in range(repeats)]
+    return [[float(np.median([run[i][k] for run in runs])) for k in range(len(pps) + 1)] for i in range(len(engines))]
+
+
+def peak_rss(name: str, threads: int, n_ctx: int, depth: int, pp: int, n_gen: int) -> tuple[float, float]:
+    """(peak RSS, bound) in bytes of our model alone in a fresh process evaluating depth + pp tokens, then
+    decoding n_gen after the depth: the bound is the issue's, mapped weights (the file) + KV cache + 150 MB."""
+    out = subprocess.run([sys.executable, __file__, "--rss-child", name, str(threads), str(n_ctx), str(depth), str(pp),
+                          str(n_gen)], capture_output=True, text=True, check=True).stdout
+    peak, bound = out.split()[-2:]
+    return float(peak), float(bound)
+
+
+def _rss_child(name: str, threads: str, n_ctx: str, depth: str, pp: str, n_gen: str) -> None:
+    numba.set_num_threads(int(threads))
+    path = bench_file(name)
+    model = llamafile.load(path, n_ctx=int(n_ctx))
+    depth, pp = int(depth), int(pp)
+    ids = np.random.default_rng(0).integers(100, model.config.n_vocab, depth + max(pp, int(n_gen))).tolist()
+    model.eval(ids[: depth + pp])
+    model.truncate(depth)  # as measure() decodes: after depth tokens
+    for t in ids[depth : depth + int(n_gen)]:
+        model.eval([t])
+    cache = model.cache
+    kv = cache.k.nbytes + cache.v.nbytes + cache.kt.nbytes
+    # VmHWM, not getrusage's ru_maxrss: that one starts from the forking parent's size and survives exec
+    hwm = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("VmHWM:"))
+    print(int(hwm.split()[1]) * 1024, path.stat().st_size + kv + 150e6)
 
 
 def live_llamacpp(path: Path, threads: int, n_ctx: int):
@@ -141,42 +195,63 @@ def llamacpp_figures() -> dict:
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["--rss-child"]:
+        return _rss_child(*sys.argv[2:])
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", nargs="+", default=VARIANTS)
     p.add_argument("--threads", default="1,2")
-    p.add_argument("--pp", type=int, default=128)
+    p.add_argument("--pp", default="128", help="prompt sizes, e.g. 128,512")
     p.add_argument("--tg", type=int, default=64)
+    p.add_argument("--depth", default="0", help="tokens already in the context, e.g. 0,4096")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--no-live", action="store_true", help="do not run llama.cpp even if llama-cpp-python is installed")
+    p.add_argument("--no-rss", action="store_true", help="do not measure our peak RSS (a separate process per row)")
     args = p.parse_args()
     threads = [int(t) for t in args.threads.split(",")]
+    pps = [int(n) for n in args.pp.split(",")]
+    depths = [int(d) for d in args.depth.split(",")]
     ref = llamacpp_figures()
-    print(f"CPU level {kernels.cpu.LEVEL}. ref: llama-bench's figures in {REFERENCE.name}; live: llama.cpp through "
-          "llama-cpp-python in this run, interleaved with ours (when installed). Memory read bandwidth is measured "
-          "before each row; roofline = decode bytes/s / that bandwidth.")
+    print(f"CPU level {kernels.cpu.LEVEL}. llama.cpp: measured in this run through llama-cpp-python, interleaved "
+          f"with ours (when installed; else llama-bench's figures in {REFERENCE.name}, marked *). Memory read "
+          "bandwidth is measured before each row; roofline = decode bytes/s / that bandwidth. Peak RSS: ours "
+          "alone in a fresh process; bound = file + KV cache + 150 MB.")
     print()
-    print("| model | threads | pp128 tok/s | ref | ratio | live | ratio | tg64 tok/s | ref | ratio | live | ratio "
-          "| bandwidth | roofline |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    nan = float("nan")
+    head = [f"pp{n}" for n in pps] + [f"tg{args.tg}"]
+    print("| model | threads | depth | " + " | ".join(f"{h} tok/s | llama.cpp | ratio" for h in head)
+          + " | bandwidth | roofline | peak RSS | bound |")
+    print("|---|---|---|" + "---|---|---|" * len(head) + "---|---|---|---|")
     for name in args.models:
         path = bench_file(name)
-        n_ctx = args.pp + args.tg + 16
+        n_ctx = max(depths) + max(max(pps), args.tg + 1) + 16
         model = llamafile.load(path, n_ctx=n_ctx)
         bytes_per_token = weight_bytes_per_token(model)
         for t in threads:
-            bandwidth = memory_bandwidth(t, gib=0.25)
             numba.set_num_threads(t)
             theirs = live_llamacpp(path, t, n_ctx) if not args.no_live else None
-            results = measure_side_by_side([model] + ([theirs] if theirs else []), args.pp, args.tg, args.repeats,
-                                           model.config.n_vocab)
-            (pp, tg), (live_pp, live_tg) = results[0], (results[1] if theirs else (nan, nan))
-            ref_pp, ref_tg = ref.get((path.name, t, "pp"), nan), ref.get((path.name, t, "tg"), nan)
-            roof = tg * bytes_per_token / bandwidth
-            print(f"| {name} | {t} | {pp:.0f} | {ref_pp:.0f} | {pp / ref_pp:.2f} | {live_pp:.0f} | {pp / live_pp:.2f} "
-                  f"| {tg:.0f} | {ref_tg:.0f} | {tg / ref_tg:.2f} | {live_tg:.0f} | {tg / live_tg:.2f} "
-                  f"| {bandwidth / 1e9:.0f} GB/s | {roof:.0%} |", flush=True)
-            del theirs
+            engines = [Engine(model, True)] + ([Engine(theirs, False)] if theirs else [])
+            for depth in depths:
+                bandwidth = memory_bandwidth(t, gib=0.25)
+                numba.set_num_threads(t)
+                results = measure_side_by_side(engines, depth, pps, args.tg, args.repeats, model.config.n_vocab)
+                ours = results[0]
+                if theirs:
+                    other, mark = results[1], ""
+                else:
+                    other = [ref.get((path.name, t, "pp"), nan) if h == "pp128" and not depth else
+                             ref.get((path.name, t, "tg"), nan) if h.startswith("tg") and not depth else nan for h in head]
+                    mark = "*"
+                cells = " | ".join(f"{a:.0f} | {b:.0f}{mark} | {a / b:.2f}" for a, b in zip(ours, other))
+                roof = ours[-1] * bytes_per_token / bandwidth
+                rss = "– | –"
+                if not args.no_rss:
+                    peak, bound = peak_rss(name, t, n_ctx, depth, max(pps), args.tg)
+                    rss = f"{peak / 1e6:.0f} MB | {bound / 1e6:.0f} MB"
+                print(f"| {name} | {t} | {depth} | {cells} | {bandwidth / 1e9:.0f} GB/s | {roof:.0%} | {rss} |", flush=True)
+            del engines, theirs
+
+
+nan = float("nan")
+
 
 if __name__ == "__main__":
     main()

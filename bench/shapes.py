@@ -1,6 +1,6 @@
 """Random-weight models with the dimensions of the models people run, for speed at those sizes.
 
-    python bench/shapes.py llama-1b-q4_0 qwen-1.5b-q4_k_m      # write them into the cache (once)
+    python bench/shapes.py llama-1b-q4_0 qwen-1.5b-q4_k_m gemma-1b-q4_k_m   # write them into the cache (once)
     python bench/bench.py --models llama-1b-q4_k_m --threads 2  # bench.py makes them on first use
 
 Speed does not depend on the weights' values, and a 135M model fits in the caches where a
@@ -22,12 +22,15 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from weights.fetch import cache_dir  # noqa: E402
 
-# Llama-3.2-1B, Qwen2.5-1.5B: their GGUFs' dimensions (tied embeddings, as those files have them).
+# Llama-3.2-1B, Qwen2.5-1.5B, Gemma-3-1B: their GGUFs' dimensions (tied embeddings, as those files have them).
 SHAPES = {
     "llama-1b": dict(arch="llama", n_embd=2048, n_ff=8192, n_layer=16, n_head=32, n_head_kv=8, n_vocab=128256,
                      rope_base=500000.0, bias=False),
     "qwen-1.5b": dict(arch="qwen2", n_embd=1536, n_ff=8960, n_layer=28, n_head=12, n_head_kv=2, n_vocab=151936,
                       rope_base=1000000.0, bias=True),
+    # Gemma-3-1B: head size 256, q/k norms and post-norms, 5 of every 6 layers a 512-token sliding window
+    "gemma-1b": dict(arch="gemma3", n_embd=1152, n_ff=6912, n_layer=26, n_head=4, n_head_kv=1, n_vocab=262144,
+                     rope_base=1000000.0, bias=False, head_dim=256, sliding_window=512),
 }
 GGUF_TYPES = ("f16", "bf16", "q8_0", "q4_0")
 
@@ -65,7 +68,8 @@ def _write(s: dict, kind: str, path: Path) -> None:
     from gguf.quants import quantize
 
     qtype = {"f16": T.F16, "bf16": T.BF16, "q8_0": T.Q8_0, "q4_0": T.Q4_0}[kind]
-    arch, d, ff, hd = s["arch"], s["n_embd"], s["n_ff"], s["n_embd"] // s["n_head"]
+    arch, d, ff, hd = s["arch"], s["n_embd"], s["n_ff"], s.get("head_dim", s["n_embd"] // s["n_head"])
+    gemma = arch == "gemma3"
     w = GGUFWriter(str(path), arch)
     w.add_context_length(4096 + 512)
     w.add_embedding_length(d)
@@ -74,6 +78,11 @@ def _write(s: dict, kind: str, path: Path) -> None:
     w.add_head_count(s["n_head"])
     w.add_head_count_kv(s["n_head_kv"])
     w.add_rope_dimension_count(hd)
+    if "head_dim" in s:
+        w.add_key_length(hd)
+        w.add_value_length(hd)
+    if "sliding_window" in s:
+        w.add_sliding_window(s["sliding_window"])
     w.add_rope_freq_base(s["rope_base"])
     w.add_layer_norm_rms_eps(1e-5)
     w.add_vocab_size(s["n_vocab"])
@@ -109,6 +118,11 @@ def _write(s: dict, kind: str, path: Path) -> None:
         if s["bias"]:
             for t, n in (("q", q), ("k", kv), ("v", kv)):
                 vector(p + f"attn_{t}.bias", n, 0.02)
+        if gemma:
+            vector(p + "attn_q_norm.weight", hd)
+            vector(p + "attn_k_norm.weight", hd)
+            vector(p + "post_attention_norm.weight", d)
+            vector(p + "post_ffw_norm.weight", d)
         matrix(p + "attn_output.weight", d, q)
         vector(p + "ffn_norm.weight", d)
         matrix(p + "ffn_gate.weight", ff, d)
