@@ -169,7 +169,8 @@ def _float_matmul(code, R, T):
 # the format's row dot and tiles through the dispatch intrinsics below, built from the registry
 # kernels.blocks.FORMATS (quantised) and FLOATS (float formats).
 FLOATS = {T.F32: simd.TILES_F32, T.F16: simd.TILES_F16, T.BF16: simd.TILES_BF16}  # (prompt, rows, one row)
-QUANT_DOTS = {t: quant.dots(fmt, quant.ROWS, 1) for t, fmt in FORMATS.items()}
+QUANT_DOTS = {t: quant.dots(fmt, quant.rows(t), 1) for t, fmt in FORMATS.items()}
+QUANT_ROWS = tuple(quant.rows(t) for t in range(max(FORMATS) + 1))  # by GGML type id: QUANT_DOTS' rows
 QUANT_DOT = {t: quant.dots(fmt, 1, 1) for t, fmt in FORMATS.items()}
 QUANT_TILES = {t: quant.dots(fmt, *quant.TILE) for t, fmt in FORMATS.items()}
 
@@ -207,11 +208,12 @@ _float_row1 = _by_type({t: tiles[2] for t, tiles in FLOATS.items()}, "float row"
 
 @njit(cache=True, inline="always")
 def _quant_dots(code, w, r_first, r_end, t_first, t_end, xq, xd, xs, xsum4, out):
-    """out[t, r] for rows r_first..r_end-1 and tokens t_first..t_end-1, a token at a time: quant.ROWS rows
+    """out[t, r] for rows r_first..r_end-1 and tokens t_first..t_end-1, a token at a time: QUANT_ROWS[code] rows
     together, then one by one."""
-    whole = r_first + (r_end - r_first) // quant.ROWS * quant.ROWS
+    R = QUANT_ROWS[code]
+    whole = r_first + (r_end - r_first) // R * R
     for t in range(t_first, t_end):
-        for r in range(r_first, whole, quant.ROWS):
+        for r in range(r_first, whole, R):
             _quant_rows(code, w, r, xq, xd, xs, xsum4, t, out)
         for r in range(whole, r_end):
             _quant_dot(code, w, r, xq, xd, xs, xsum4, t, out)
