@@ -22,7 +22,9 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from . import cpu
+from . import cpu, load_numba_without_scipy
+
+load_numba_without_scipy()  # before Numba's CPU target starts (on the first kernel)
 
 I8, I16, I32, F16, F32 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.HalfType(), ir.FloatType()
 # 512-bit vectors: two quantised chunks per step, 16 float lanes. LLAMAFILE_WIDE=1 forces the same code
