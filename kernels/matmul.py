@@ -277,7 +277,7 @@ class BF16Activations:
 
 
 QUANT_MATMUL = {t: _quant_matmul(int(t), *quant.TILE) for t in FORMATS}
-FLOAT_MATMUL = {T.F32: _float_matmul(int(T.F32), *simd.FLOAT_TILE), T.F16: _float_matmul(int(T.F16), *simd.FLOAT_TILE),
+FLOAT_MATMUL = {T.F32: _float_matmul(int(T.F32), *simd.FLOAT_TILE), T.F16: _float_matmul(int(T.F16), *simd.F16_TILE),
                 T.BF16: _float_matmul(int(T.BF16), *simd.BF16_TILE)}
 PANEL_MATMUL = {t: _panel_matmul(int(t), panels.ROWS, panels.GROUPS) for t in panels.TILES}
 ROUNDED_MATMUL = {T.BF16: _bf16_matmul(int(T.BF16), *simd.BF16_TILE)} if simd.HAS_BF16 else {}  # float formats reading prepared x
