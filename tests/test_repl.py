@@ -8,7 +8,7 @@ import pexpect
 from conftest import model_path
 
 PROMPT = r"\x1b\[0m>"  # prompt_toolkit draws the "> " prompt after resetting attributes
-# Each expect below waits for something the chat will print, whose cost the test bounds (-n 400), not for a
+# Each expect below waits for something the chat will print, whose cost the test bounds (-n 2000), not for a
 # clock: this is only how long a stuck chat may take to fail. A loaded 2-core machine decodes SmolLM2 at
 # a few tokens a second, and a fresh clone compiles the kernels first.
 WAIT = 600
@@ -16,9 +16,10 @@ WAIT = 600
 
 def test_chat_repl_session():
     # no --ignore-eos: the first reply ends by itself (~80 tokens); the story runs to the -n limit, so a
-    # Ctrl-C sent once it streams always lands in the middle of it
+    # Ctrl-C sent once it streams lands in the middle of it: 2000 tokens, 10 s or more, since 400 (2 s
+    # here) once ran out before a test process on a busy machine got to send it
     child = pexpect.spawn(sys.executable, ["-m", "llamafile", "-m", str(model_path("smollm2")), "--temp", "0",
-                                           "-n", "400"],
+                                           "-n", "2000"],
                           encoding="utf-8", timeout=WAIT, dimensions=(40, 200))
     try:
         child.expect("SmolLM|Smollm2")          # the banner names the model
