@@ -146,7 +146,9 @@ def _panel_matmul(code, R, G):
 
 def _float_matmul(code, R, T):
     @njit(cache=True, parallel=True)
-    def matmul(w, x, out):
+    def matmul(w, x, out, xb=None):
+        """xb (BF16 with AVX512-BF16, ROUNDED): x rounded to bf16 once for the batch (BF16Activations), which
+        a prompt's tiles read; fewer tokens than a tile read x. The same bits either way."""
         rows, n = w.shape[0], x.shape[0]
         if n < T:
             for tile_r in prange((rows + ROWS_PER_TILE - 1) // ROWS_PER_TILE):
@@ -157,7 +159,10 @@ def _float_matmul(code, R, T):
             r0 = strip * R
             if r0 + R <= rows:
                 for t0 in range(0, full_t, T):
-                    _float_tile(code, w, r0, x, t0, out)
+                    if xb is None:
+                        _float_tile(code, w, r0, x, t0, out)
+                    else:
+                        _rounded_tile(code, w, r0, xb, t0, out)
                 _float_rows(code, w, r0, r0 + R, full_t, n, x, out)
             else:
                 _float_rows(code, w, r0, rows, 0, n, x, out)
@@ -202,6 +207,7 @@ _quant_dot = _by_type(QUANT_DOT, "quantised dot", 8)
 _quant_tile = _by_type(QUANT_TILES, "quantised tile", 8)
 _panel_tile = _by_type(panels.TILES, "panel tile", 10)
 _float_tile = _by_type({t: tiles[0] for t, tiles in FLOATS.items()}, "float tile", 5)
+_rounded_tile = _by_type({T.BF16: simd.BF16_ROUNDED_TILE} if simd.HAS_BF16 else {}, "rounded tile", 5)
 _float_row4 = _by_type({t: tiles[1] for t, tiles in FLOATS.items()}, "float rows", 5)
 _float_row1 = _by_type({t: tiles[2] for t, tiles in FLOATS.items()}, "float row", 5)
 
@@ -231,28 +237,6 @@ def _float_rows(code, w, r_first, r_end, t_first, t_end, x, out):
             _float_row1(code, w, r, x, t, out)
 
 
-def _bf16_matmul(code, R, T):
-    """BF16 with AVX512-BF16: a prompt's tiles read xb, x rounded to bf16 once for the batch (BF16Activations);
-    fewer tokens than a tile read x, as FLOAT_MATMUL's driver does. The same bits either way."""
-    @njit(cache=True, parallel=True)
-    def matmul(w, x, xb, out):
-        rows, n = w.shape[0], x.shape[0]
-        if n < T:
-            for tile_r in prange((rows + ROWS_PER_TILE - 1) // ROWS_PER_TILE):
-                _float_rows(code, w, tile_r * ROWS_PER_TILE, min(rows, (tile_r + 1) * ROWS_PER_TILE), 0, n, x, out)
-            return
-        full_t = n - n % T
-        for strip in prange((rows + R - 1) // R):
-            r0 = strip * R
-            if r0 + R <= rows:
-                for t0 in range(0, full_t, T):
-                    simd.BF16_ROUNDED_TILE(w, r0, xb, t0, out)
-                _float_rows(code, w, r0, r0 + R, full_t, n, x, out)
-            else:
-                _float_rows(code, w, r0, rows, 0, n, x, out)
-    return matmul
-
-
 @njit(cache=True, parallel=True)
 def round_to_bf16(x, xb):
     """xb (n, k) uint16 = x (n, k) rounded to bf16, as the BF16 tiles round activations; k a multiple of 32."""
@@ -280,14 +264,14 @@ QUANT_MATMUL = {t: _quant_matmul(int(t), *quant.TILE) for t in FORMATS}
 FLOAT_MATMUL = {T.F32: _float_matmul(int(T.F32), *simd.FLOAT_TILE), T.F16: _float_matmul(int(T.F16), *simd.F16_TILE),
                 T.BF16: _float_matmul(int(T.BF16), *simd.BF16_TILE)}
 PANEL_MATMUL = {t: _panel_matmul(int(t), panels.ROWS, panels.GROUPS) for t in panels.TILES}
-ROUNDED_MATMUL = {T.BF16: _bf16_matmul(int(T.BF16), *simd.BF16_TILE)} if simd.HAS_BF16 else {}  # float formats reading prepared x
+ROUNDED = frozenset({T.BF16} if simd.HAS_BF16 else ())  # float formats whose prompts read x prepared (xb)
 SUPPORTED = frozenset(QUANT_MATMUL) | frozenset(FLOAT_MATMUL)
 
 
 def activations(qtype: T) -> str | None:
     """The form of the activations a format's matmul reads besides x: 8-bit ones for a quantised type
     ("q8_0", "q8_k"), "bf16" for BF16 where the CPU has AVX512-BF16; None: x alone (FLOAT_MATMUL)."""
-    if qtype in ROUNDED_MATMUL:
+    if qtype in ROUNDED:
         return "bf16"
     return FORMATS[qtype].activations if qtype in FORMATS else None
 
@@ -345,8 +329,9 @@ def _panel_groups(n: int) -> int:
 def prepared_matmul(qtype: T, w: np.ndarray, parts: tuple, panel: tuple | None, out: np.ndarray) -> np.ndarray:
     """out (n, rows) = x @ W.T from x's prepared parts (scratch(...).fill: 8-bit for a quantised type) and, if
     packed, its panels."""
-    if qtype in ROUNDED_MATMUL:
-        ROUNDED_MATMUL[qtype](w, *parts, out)
+    if qtype in ROUNDED:
+        x, xb = parts
+        FLOAT_MATMUL[qtype](w, x, out, xb)
     elif panel is not None:
         PANEL_MATMUL[qtype](w, *parts, *panel, out)
     else:
@@ -393,7 +378,9 @@ def matvec(typingctx, mask, code, w, x, xq, xd, xs, xsum4, out):
             case = builder.append_basic_block(f"matvec_{t.name}")
             switch.add_case(ir.Constant(code_v.type, int(t)), case)
             builder.position_at_end(case)
-            context.get_function(fnty, s)(builder, (w_v, xq_v, xd_v, xs_v, sum4_v, out_v) if quantised else (w_v, x_v, out_v))
+            args = (w_v, xq_v, xd_v, xs_v, sum4_v, out_v) if quantised else (w_v, x_v, out_v)
+            omitted = (context.get_dummy_value(),) * (len(s.args) - len(args))  # a float driver's xb, left out
+            context.get_function(fnty, s)(builder, args + omitted)
             builder.branch(done)
         builder.position_at_end(done)
         return context.get_dummy_value()
