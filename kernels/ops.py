@@ -209,53 +209,95 @@ def store_keys_transposed(kt, start, keys):
                 kt[b, h, j, i] = simd.float_to_half(keys[t, h, j])
 
 
+DECODE_CHUNK = 16  # key blocks (of simd.KEY_BLOCK) per work item of attention_decode's scores and softmax
+
+
 def decode_scores(n_heads: int, n_ctx: int) -> np.ndarray:
-    """attention_decode's scores: (heads, n_ctx rounded up to whole key blocks)."""
-    return np.zeros((n_heads, -(-n_ctx // 16) * 16), np.float32)
+    """attention_decode's scratch: (heads, n_ctx rounded up to whole key blocks, then a column per chunk of
+    DECODE_CHUNK blocks for its maximum score)."""
+    blocks = -(-n_ctx // simd.KEY_BLOCK)
+    return np.zeros((n_heads, blocks * simd.KEY_BLOCK + -(-blocks // DECODE_CHUNK)), np.float32)
 
 
 @njit(cache=True, parallel=True, error_model="numpy")
 def attention_decode(q, kt, v, start, scores, out, scale=0.0, window=0):
     """_lanes' attention (without softcap or sinks) for a token or a few, the same bits, laid out for one
     query: the scores with 16 keys in the lanes (simd.block_scores, from kt, the keys transposed:
-    store_keys_transposed), the softmax one head at a time, the weighted sum with head dimensions in
-    the lanes (simd.heads_weighted_sum). A work item is (query, up to simd.HEADS_AT_ONCE heads sharing a
-    KV head). kt: (>= blocks, kv_heads, hd, 16); v: (>= start+n, kv_heads, hd) uint16; scores:
-    decode_scores(heads, >= start+n); hd a multiple of 16."""
+    store_keys_transposed), the weighted sum with head dimensions in the lanes (simd.heads_weighted_sum).
+    Work items take up to simd.HEADS_AT_ONCE heads sharing a KV head. Past one chunk of keys the query
+    takes three parallel steps, so that a few KV heads still keep every thread busy: the scores by chunk
+    of DECODE_CHUNK key blocks (and each chunk's maximum), the softmax's numerators by head and chunk,
+    the weighted sums by 16-dimension chunks. kt: (>= blocks, kv_heads, hd, 16); v: (>= start+n,
+    kv_heads, hd) uint16; scores: decode_scores(heads, >= start+n); hd a multiple of 16."""
     n, heads, hd = q.shape
     kv_heads = v.shape[1]
     group = heads // kv_heads
     scale = np.float32(1.0 / np.sqrt(hd)) if scale == 0.0 else np.float32(scale)
     per_kv = (group + simd.HEADS_AT_ONCE - 1) // simd.HEADS_AT_ONCE
+    dims = (hd // 16 + simd.DIMS_AT_ONCE - 1) // simd.DIMS_AT_ONCE      # weighted-sum calls per head group
+    tops = scores.shape[1] - 1                                          # chunk c's maximum: column tops - c
     for t in range(n):                          # one query at a time: they share the scores' rows
-        for item in prange(kv_heads * per_kv):
-            h0 = item // per_kv * group + item % per_kv * simd.HEADS_AT_ONCE
-            _decode_heads(q[t], kt, v, start + t, item // per_kv, h0,
-                          min(simd.HEADS_AT_ONCE, (item // per_kv + 1) * group - h0), scores, out[t], scale, window)
+        keys = start + t + 1
+        lo = max(0, keys - window) if window > 0 else 0
+        b0, b1 = lo // simd.KEY_BLOCK, (keys + simd.KEY_BLOCK - 1) // simd.KEY_BLOCK
+        chunks = (b1 - b0 + DECODE_CHUNK - 1) // DECODE_CHUNK
+        if chunks == 1:                         # a short context: one parallel step, a head group each
+            for item in prange(kv_heads * per_kv):
+                kvh, h0, count = _head_group(item, per_kv, group)
+                _chunk_scores(q[t], kt, kvh, h0, count, b0, b1, lo, keys, scale, scores, tops)
+                for h in range(h0, h0 + count):
+                    simd.row_exp(scores, h, lo, keys, scores[h, tops])
+                for d in range(dims):
+                    _weighted_sum(out[t], scores, h0, count, lo, keys, v, kvh, d)
+            continue
+        for item in prange(kv_heads * per_kv * chunks):
+            kvh, h0, count = _head_group(item // chunks, per_kv, group)
+            c = item % chunks
+            first = b0 + c * DECODE_CHUNK
+            _chunk_scores(q[t], kt, kvh, h0, count, first, min(b1, first + DECODE_CHUNK), max(lo, first * simd.KEY_BLOCK),
+                          min(keys, (first + DECODE_CHUNK) * simd.KEY_BLOCK), scale, scores, tops - c)
+        for item in prange(heads * chunks):
+            h, c = item // chunks, item % chunks
+            top = np.float32(-np.inf)
+            for other in range(chunks):
+                top = max(top, scores[h, tops - other])
+            first = (b0 + c * DECODE_CHUNK) * simd.KEY_BLOCK
+            simd.row_exp(scores, h, max(lo, first), min(keys, first + DECODE_CHUNK * simd.KEY_BLOCK), top)
+        for item in prange(kv_heads * per_kv * dims):
+            kvh, h0, count = _head_group(item // dims, per_kv, group)
+            _weighted_sum(out[t], scores, h0, count, lo, keys, v, kvh, item % dims)
+
+
+@njit(cache=True, inline="always")
+def _head_group(g, per_kv, group):
+    """attention_decode's head group g: its KV head, first query head and number of heads."""
+    kvh = g // per_kv
+    h0 = kvh * group + g % per_kv * simd.HEADS_AT_ONCE
+    return kvh, h0, min(simd.HEADS_AT_ONCE, (kvh + 1) * group - h0)
 
 
 @njit(cache=True, error_model="numpy")
-def _decode_heads(q, kt, v, pos, kvh, h0, count, scores, out, scale, window):
-    """attention_decode's work item: heads h0..h0+count-1 (sharing KV head kvh) of the query at pos."""
-    hd = q.shape[1]
-    keys = pos + 1
-    lo = max(0, keys - window) if window > 0 else 0
-    for b in range(lo // simd.KEY_BLOCK, (keys + simd.KEY_BLOCK - 1) // simd.KEY_BLOCK):
+def _chunk_scores(q, kt, kvh, h0, count, b, end, p0, p1, scale, scores, top_col):
+    """The scores of heads h0..h0+count-1 for key blocks b..end-1, and each head's maximum over keys p0..p1-1
+    into column top_col."""
+    while b + simd.BLOCKS_AT_ONCE <= end:
+        simd.blocks_scores(scores, q, h0, count, b, kt, kvh, scale)
+        b += simd.BLOCKS_AT_ONCE
+    while b < end:
         simd.block_scores(scores, q, h0, count, b, kt, kvh, scale)
+        b += 1
     for h in range(h0, h0 + count):
-        s = scores[h]
-        top = np.float32(-np.inf)
-        for p in range(lo, keys):
-            top = max(top, s[p])
-        for p in range(lo, keys):
-            s[p] = exp(s[p] - top)
-    simd.heads_weighted_sum(out, scores, h0, count, lo, keys, v, kvh)
-    for h in range(h0, h0 + count):
-        total = np.float32(0.0)
-        for p in range(lo, keys):   # in key order, as _lanes sums
-            total += scores[h, p]
-        for j in range(hd):
-            out[h, j] = out[h, j] / total
+        scores[h, top_col] = simd.row_max(scores, h, p0, p1)
+
+
+@njit(cache=True, error_model="numpy")
+def _weighted_sum(out, scores, h0, count, lo, keys, v, kvh, d):
+    """Dimensions 16 DIMS_AT_ONCE d.. of the heads' outputs: the numerators' weighted sum of values over their sum."""
+    c0 = d * simd.DIMS_AT_ONCE
+    if c0 + simd.DIMS_AT_ONCE <= out.shape[1] // 16:
+        simd.heads_weighted_sum(out, scores, h0, count, lo, keys, v, kvh, c0)
+    else:
+        simd.heads_weighted_sum_1(out, scores, h0, count, lo, keys, v, kvh, c0)
 
 
 @njit(cache=True, error_model="numpy")

@@ -629,31 +629,90 @@ def _row_of(context, builder, aty, arr, row):
     return builder.bitcast(p, F32.as_pointer())
 
 
-@intrinsic
-def heads_weighted_sum(typingctx, out, s, h0, count, first, length, v, kvh):
-    """out[h, :] = sum_{first <= p < length} s[h, p] v[p, kvh, :] for h = h0 .. h0+count-1,
-    count <= HEADS_AT_ONCE: query heads that share a KV head (grouped-query attention) read and convert
-    each value row once, 16 dimensions at a time, an accumulator per head in registers.
-    out: (heads, hd) float32, hd a multiple of 16; s: (heads, >= length) float32; v: the cache."""
-    def codegen(context, builder, sig, args):
-        out, s, h0, count, first, length, v, kvh = args
-        out_ty, s_ty, v_ty = sig.args[0], sig.args[1], sig.args[6]
-        hd = cgutils.unpack_tuple(builder, context.make_array(out_ty)(context, builder, out).shape)[1]
-        heads = _heads(builder, h0, count)
-        weights = [_row_of(context, builder, s_ty, s, h) for h in heads]   # extra slots repeat the last head
-        with cgutils.for_range(builder, builder.udiv(hd, ir.Constant(hd.type, 16))) as chunk:
-            c = chunk.index
-            accs = [cgutils.alloca_once_value(builder, ir.Constant(LANES16, None)) for _ in range(HEADS_AT_ONCE)]
+def _heads_weighted_sum(chunks):
+    @intrinsic
+    def heads_weighted_sum(typingctx, out, s, h0, count, first, length, v, kvh, c0):
+        """out[h, 16 c0 : 16 (c0 + chunks)] = (sum_{first <= p < length} s[h, p] v[p, kvh, ...]) / total, total =
+        sum_{first <= p < length} s[h, p], both in key order, for h = h0 .. h0+count-1, count <= HEADS_AT_ONCE:
+        query heads that share a KV head (grouped-query attention) read and convert each value row once,
+        an accumulator per head and 16 dimensions in registers. out: (heads, hd) float32; s: (heads, >= length)
+        float32, the softmax's numerators; v: the cache, its rows prefetched PREFETCH_KEYS ahead."""
+        def codegen(context, builder, sig, args):
+            out, s, h0, count, first, length, v, kvh, c0 = args
+            out_ty, s_ty, v_ty = sig.args[0], sig.args[1], sig.args[6]
+            heads = _heads(builder, h0, count)
+            weights = [_row_of(context, builder, s_ty, s, h) for h in heads]   # extra slots repeat the last head
+            accs = [[cgutils.alloca_once_value(builder, ir.Constant(LANES16, None)) for _ in range(chunks)] for _ in heads]
+            totals = [cgutils.alloca_once_value(builder, ir.Constant(F32, 0.0)) for _ in heads]
+            width = 2 if v_ty.dtype == types.uint16 else 4
             with cgutils.for_range_slice(builder, first, length, ir.Constant(first.type, 1)) as (p, _):
-                x = _kv_chunk(context, builder, v_ty, v, p, kvh, c)
-                for w, acc in zip(weights, accs):
-                    _fma_into(builder, acc, _splat(builder, builder.load(builder.gep(w, [p])), 16), x)
-            for g, (h, acc) in enumerate(zip(heads, accs)):
+                ahead = _kv_row_pointer(context, builder, v_ty, v, builder.add(p, ir.Constant(p.type, PREFETCH_KEYS)), kvh)
+                prefetch(builder, builder.gep(ahead, [builder.mul(c0, ir.Constant(c0.type, 16 * width))]))
+                x = [_kv_chunk(context, builder, v_ty, v, p, kvh, builder.add(c0, ir.Constant(c0.type, c))) for c in range(chunks)]
+                for w_row, acc, total in zip(weights, accs, totals):
+                    w = builder.load(builder.gep(w_row, [p]))
+                    builder.store(builder.fadd(builder.load(total), w), total)
+                    for c in range(chunks):
+                        _fma_into(builder, acc[c], _splat(builder, w, 16), x[c])
+            for g, (h, acc, total) in enumerate(zip(heads, accs, totals)):
                 with cgutils.if_likely(builder, builder.icmp_signed("<", ir.Constant(h0.type, g), count)):
-                    dst = builder.gep(_row_of(context, builder, out_ty, out, h), [builder.mul(c, ir.Constant(c.type, 16))])
-                    builder.store(builder.load(acc), builder.bitcast(dst, LANES16.as_pointer()), align=4)
+                    row = _row_of(context, builder, out_ty, out, h)
+                    for c in range(chunks):
+                        at = builder.mul(builder.add(c0, ir.Constant(c0.type, c)), ir.Constant(c0.type, 16))
+                        builder.store(builder.fdiv(builder.load(acc[c]), _splat(builder, builder.load(total), 16)),
+                                      builder.bitcast(builder.gep(row, [at]), LANES16.as_pointer()), align=4)
+            return context.get_dummy_value()
+        return types.none(out, s, types.intp, types.intp, types.intp, types.intp, v, types.intp, types.intp), codegen
+    return heads_weighted_sum
+
+
+DIMS_AT_ONCE = 2 if WIDE else 1  # heads_weighted_sum: 16-dimension chunks per call (registers: 4 heads x 2)
+PREFETCH_KEYS = 32               # heads_weighted_sum: value rows read ahead (from memory, the rows of one KV head
+                                 # are 128-256 bytes apart, a stride the hardware prefetchers follow poorly)
+heads_weighted_sum = _heads_weighted_sum(DIMS_AT_ONCE)
+heads_weighted_sum_1 = _heads_weighted_sum(1)  # a head dimension's last 16 when DIMS_AT_ONCE does not divide it
+
+
+@intrinsic
+def row_exp(typingctx, s, h, lo, hi, top):
+    """s[h, p] = exp(s[h, p] - top) for lo <= p < hi (the softmax's numerators in place), 16 lanes at a time:
+    the loop that calls exp() does not vectorise by itself."""
+    def codegen(context, builder, sig, args):
+        s, h, lo, hi, top = args
+        row = _row_of(context, builder, sig.args[0], s, h)
+        sixteen = ir.Constant(lo.type, 16)
+        full = builder.add(lo, builder.mul(builder.sdiv(builder.sub(hi, lo), sixteen), sixteen))
+        tops = _splat(builder, top, 16)
+        with cgutils.for_range_slice(builder, lo, full, sixteen) as (p, _):
+            ptr = builder.bitcast(builder.gep(row, [p]), LANES16.as_pointer())
+            builder.store(_exp(builder, builder.fsub(builder.load(ptr, align=4), tops)), ptr, align=4)
+        with cgutils.for_range_slice(builder, full, hi, ir.Constant(lo.type, 1)) as (p, _):
+            ptr = builder.gep(row, [p])
+            builder.store(_exp(builder, builder.fsub(builder.load(ptr), top)), ptr)
         return context.get_dummy_value()
-    return types.none(out, s, types.intp, types.intp, types.intp, types.intp, v, types.intp), codegen
+    return types.none(s, types.intp, types.intp, types.intp, types.float32), codegen
+
+
+@intrinsic
+def row_max(typingctx, s, h, lo, hi):
+    """max(s[h, lo:hi]) (-inf if empty), 16 lanes at a time: a max is exact in any order."""
+    def codegen(context, builder, sig, args):
+        s, h, lo, hi = args
+        row = _row_of(context, builder, sig.args[0], s, h)
+        top = cgutils.alloca_once_value(builder, _const(LANES16, float("-inf")))
+        sixteen = ir.Constant(lo.type, 16)
+        full = builder.add(lo, builder.mul(builder.sdiv(builder.sub(hi, lo), sixteen), sixteen))
+        with cgutils.for_range_slice(builder, lo, full, sixteen) as (p, _):
+            x = builder.load(builder.bitcast(builder.gep(row, [p]), LANES16.as_pointer()), align=4)
+            builder.store(_call_intrinsic(builder, "llvm.maxnum.v16f32", LANES16, [builder.load(top), x]), top)
+        best = cgutils.alloca_once_value(builder, _call_intrinsic(builder, "llvm.vector.reduce.fmax.v16f32", F32,
+                                                                  [builder.load(top)]))
+        with cgutils.for_range_slice(builder, full, hi, ir.Constant(lo.type, 1)) as (p, _):
+            x = builder.load(builder.gep(row, [p]))
+            builder.store(_call_intrinsic(builder, "llvm.maxnum.f32", F32, [builder.load(best), x]), best)
+        return builder.load(best)
+    return types.float32(s, types.intp, types.intp, types.intp), codegen
+
 
 # --- decoding: keys in the lanes -----------------------------------------------------------
 #
@@ -665,31 +724,48 @@ def heads_weighted_sum(typingctx, out, s, h0, count, first, length, v, kvh):
 KEY_BLOCK = 16  # keys per block of the transposed key cache: (blocks, kv_heads, hd, 16)
 
 
-@intrinsic
-def block_scores(typingctx, s, q, h0, count, block, kt, kvh, scale):
-    """s[h, 16 block : 16 block + 16] = sum over j in order of (q[h, j] * scale) * kt[block, kvh, j, :] (fused
-    multiply-adds) for h = h0 .. h0+count-1, count <= HEADS_AT_ONCE: the scores of 16 keys, each key value
-    converted once for all the heads. q: (heads, hd) float32; s: (heads, >= 16 (block + 1)) float32."""
-    def codegen(context, builder, sig, args):
-        s, q, h0, count, block, kt, kvh, scale = args
-        s_ty, q_ty, kt_ty = sig.args[0], sig.args[1], sig.args[5]
-        hd = cgutils.unpack_tuple(builder, context.make_array(q_ty)(context, builder, q).shape)[1]
-        ary = context.make_array(kt_ty)(context, builder, kt)
-        s0, s1, s2, _ = cgutils.unpack_tuple(builder, ary.strides)
-        base = builder.gep(builder.bitcast(ary.data, I8.as_pointer()), [builder.add(builder.mul(block, s0), builder.mul(kvh, s1))])
-        heads = _heads(builder, h0, count)
-        queries = [_row_of(context, builder, q_ty, q, h) for h in heads]
-        accs = [cgutils.alloca_once_value(builder, ir.Constant(LANES16, None)) for _ in range(HEADS_AT_ONCE)]
-        with cgutils.for_range(builder, hd) as loop:
-            bits = builder.load(builder.bitcast(builder.gep(base, [builder.mul(loop.index, s2)]), vec(I16, 16).as_pointer()), align=2)
-            keys = half_bits_to_float(builder, bits)
-            for qp, acc in zip(queries, accs):
-                qs = builder.fmul(builder.load(builder.gep(qp, [loop.index])), scale)
-                _fma_into(builder, acc, _splat(builder, qs, 16), keys)
-        first = builder.mul(block, ir.Constant(block.type, 16))
-        for g, (h, acc) in enumerate(zip(heads, accs)):
-            with cgutils.if_likely(builder, builder.icmp_signed("<", ir.Constant(h0.type, g), count)):
-                dst = builder.gep(_row_of(context, builder, s_ty, s, h), [first])
-                builder.store(builder.load(acc), builder.bitcast(dst, LANES16.as_pointer()), align=4)
-        return context.get_dummy_value()
-    return types.none(s, q, types.intp, types.intp, types.intp, kt, types.intp, types.float32), codegen
+def _block_scores(blocks):
+    @intrinsic
+    def block_scores(typingctx, s, q, h0, count, block, kt, kvh, scale):
+        """s[h, 16 b : 16 b + 16] = sum over j in order of (q[h, j] * scale) * kt[b, kvh, j, :] (fused multiply-adds)
+        for h = h0 .. h0+count-1, count <= HEADS_AT_ONCE, and the blocks b = block .. block+blocks-1: the
+        scores of 16 keys a block, each key value converted once for all the heads. q: (heads, hd) float32;
+        s: (heads, >= 16 (block + blocks)) float32. Several blocks: independent sums side by side, the next
+        blocks prefetched."""
+        def codegen(context, builder, sig, args):
+            s, q, h0, count, block, kt, kvh, scale = args
+            s_ty, q_ty, kt_ty = sig.args[0], sig.args[1], sig.args[5]
+            hd = cgutils.unpack_tuple(builder, context.make_array(q_ty)(context, builder, q).shape)[1]
+            ary = context.make_array(kt_ty)(context, builder, kt)
+            s0, s1, s2, _ = cgutils.unpack_tuple(builder, ary.strides)
+            base = builder.gep(builder.bitcast(ary.data, I8.as_pointer()), [builder.add(builder.mul(block, s0), builder.mul(kvh, s1))])
+            heads = _heads(builder, h0, count)
+            queries = [_row_of(context, builder, q_ty, q, h) for h in heads]
+            accs = [[cgutils.alloca_once_value(builder, ir.Constant(LANES16, None)) for _ in heads] for _ in range(blocks)]
+
+            def at(m, j):
+                return builder.gep(base, [builder.add(builder.mul(ir.Constant(s0.type, m), s0), builder.mul(j, s2))])
+            with cgutils.for_range(builder, hd) as loop:
+                if blocks > 1:
+                    for m in range(blocks, 2 * blocks):
+                        prefetch(builder, at(m, loop.index))
+                keys = [half_bits_to_float(builder, builder.load(builder.bitcast(at(m, loop.index), vec(I16, 16).as_pointer()),
+                                                                 align=2)) for m in range(blocks)]
+                for g, qp in enumerate(queries):
+                    qs = _splat(builder, builder.fmul(builder.load(builder.gep(qp, [loop.index])), scale), 16)
+                    for m in range(blocks):
+                        _fma_into(builder, accs[m][g], qs, keys[m])
+            for m in range(blocks):
+                first = builder.mul(builder.add(block, ir.Constant(block.type, m)), ir.Constant(block.type, 16))
+                for g, h in enumerate(heads):
+                    with cgutils.if_likely(builder, builder.icmp_signed("<", ir.Constant(h0.type, g), count)):
+                        dst = builder.gep(_row_of(context, builder, s_ty, s, h), [first])
+                        builder.store(builder.load(accs[m][g]), builder.bitcast(dst, LANES16.as_pointer()), align=4)
+            return context.get_dummy_value()
+        return types.none(s, q, types.intp, types.intp, types.intp, kt, types.intp, types.float32), codegen
+    return block_scores
+
+
+BLOCKS_AT_ONCE = 4 if WIDE else 2  # blocks_scores: key blocks per call (accumulators: 4 heads x blocks)
+block_scores = _block_scores(1)
+blocks_scores = _block_scores(BLOCKS_AT_ONCE)

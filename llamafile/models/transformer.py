@@ -30,7 +30,8 @@ from .steps import Step
 class KVCache:
     """Keys and values of every layer for one context, allocated once."""
     k: np.ndarray  # (n_layer, n_ctx, n_head_kv, head_dim) uint16: f16 bits, as llama.cpp's default cache
-    v: np.ndarray  # (n_layer, n_ctx, n_head_kv, head_dim) uint16
+    v: np.ndarray  # (n_layer, n_ctx, n_head_kv, head_dim) uint16, stored (n_layer, n_head_kv, n_ctx, head_dim):
+                   # the values of one KV head in one run, which decoding reads a head at a time
     kt: np.ndarray  # (n_layer, n_ctx / 16, n_head_kv, head_dim, 16) uint16: k transposed in blocks of 16
     n_past: int = 0  # keys, which decoding reads with the keys in the vector lanes (kernels.ops.attention_decode)
 
@@ -38,7 +39,8 @@ class KVCache:
     def allocate(cls, config: ModelConfig, n_ctx: int, dtype=np.uint16) -> "KVCache":
         shape = (config.n_layer, n_ctx, config.n_head_kv, config.head_dim)
         blocks = (config.n_layer, -(-n_ctx // 16), config.n_head_kv, config.head_dim, 16)
-        return cls(np.zeros(shape, dtype), np.zeros(shape, dtype), np.zeros(blocks, dtype))
+        v = np.zeros((config.n_layer, config.n_head_kv, n_ctx, config.head_dim), dtype).transpose(0, 2, 1, 3)
+        return cls(np.zeros(shape, dtype), v, np.zeros(blocks, dtype))
 
     @property
     def n_ctx(self) -> int:
