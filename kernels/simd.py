@@ -615,11 +615,14 @@ def _kv_chunk(context, builder, aty, arr, p, kvh, c):
     return builder.load(builder.bitcast(ptr, LANES16.as_pointer()), align=4)
 
 
-def _heads(builder, h0, count):
-    """The HEADS_AT_ONCE heads a call covers: h0 .. h0+count-1, the slots past count repeating the last."""
-    last = builder.sub(builder.add(h0, count), ir.Constant(h0.type, 1))
-    return [builder.select(builder.icmp_signed("<", ir.Constant(h0.type, g), count), builder.add(h0, ir.Constant(h0.type, g)),
-                           last) for g in range(HEADS_AT_ONCE)]
+def _for_each_count(builder, count, body):
+    """body(heads) for the call's count of heads (1 .. HEADS_AT_ONCE), each case compiled for exactly that
+    many: no lane of work for a head the call does not have (a group of 3 or 6 heads sharing a KV head)."""
+    for n in range(1, HEADS_AT_ONCE + 1):
+        ty = count.type
+        match = builder.icmp_signed("==" if n < HEADS_AT_ONCE else ">=", count, ir.Constant(ty, n))
+        with builder.if_then(match):
+            body(n)
 
 
 def _row_of(context, builder, aty, arr, row):
@@ -640,27 +643,30 @@ def _heads_weighted_sum(chunks):
         def codegen(context, builder, sig, args):
             out, s, h0, count, first, length, v, kvh, c0 = args
             out_ty, s_ty, v_ty = sig.args[0], sig.args[1], sig.args[6]
-            heads = _heads(builder, h0, count)
-            weights = [_row_of(context, builder, s_ty, s, h) for h in heads]   # extra slots repeat the last head
-            accs = [[cgutils.alloca_once_value(builder, ir.Constant(LANES16, None)) for _ in range(chunks)] for _ in heads]
-            totals = [cgutils.alloca_once_value(builder, ir.Constant(F32, 0.0)) for _ in heads]
             width = 2 if v_ty.dtype == types.uint16 else 4
-            with cgutils.for_range_slice(builder, first, length, ir.Constant(first.type, 1)) as (p, _):
-                ahead = _kv_row_pointer(context, builder, v_ty, v, builder.add(p, ir.Constant(p.type, PREFETCH_KEYS)), kvh)
-                prefetch(builder, builder.gep(ahead, [builder.mul(c0, ir.Constant(c0.type, 16 * width))]))
-                x = [_kv_chunk(context, builder, v_ty, v, p, kvh, builder.add(c0, ir.Constant(c0.type, c))) for c in range(chunks)]
-                for w_row, acc, total in zip(weights, accs, totals):
-                    w = builder.load(builder.gep(w_row, [p]))
-                    builder.store(builder.fadd(builder.load(total), w), total)
-                    for c in range(chunks):
-                        _fma_into(builder, acc[c], _splat(builder, w, 16), x[c])
-            for g, (h, acc, total) in enumerate(zip(heads, accs, totals)):
-                with cgutils.if_likely(builder, builder.icmp_signed("<", ir.Constant(h0.type, g), count)):
+
+            def body(n):
+                heads = [builder.add(h0, ir.Constant(h0.type, g)) for g in range(n)]
+                weights = [_row_of(context, builder, s_ty, s, h) for h in heads]
+                accs = [[cgutils.alloca_once_value(builder, ir.Constant(LANES16, None)) for _ in range(chunks)] for _ in heads]
+                totals = [cgutils.alloca_once_value(builder, ir.Constant(F32, 0.0)) for _ in heads]
+                with cgutils.for_range_slice(builder, first, length, ir.Constant(first.type, 1)) as (p, _):
+                    ahead = _kv_row_pointer(context, builder, v_ty, v, builder.add(p, ir.Constant(p.type, PREFETCH_KEYS)), kvh)
+                    prefetch(builder, builder.gep(ahead, [builder.mul(c0, ir.Constant(c0.type, 16 * width))]))
+                    x = [_kv_chunk(context, builder, v_ty, v, p, kvh, builder.add(c0, ir.Constant(c0.type, c)))
+                         for c in range(chunks)]
+                    for w_row, acc, total in zip(weights, accs, totals):
+                        w = builder.load(builder.gep(w_row, [p]))
+                        builder.store(builder.fadd(builder.load(total), w), total)
+                        for c in range(chunks):
+                            _fma_into(builder, acc[c], _splat(builder, w, 16), x[c])
+                for h, acc, total in zip(heads, accs, totals):
                     row = _row_of(context, builder, out_ty, out, h)
                     for c in range(chunks):
                         at = builder.mul(builder.add(c0, ir.Constant(c0.type, c)), ir.Constant(c0.type, 16))
                         builder.store(builder.fdiv(builder.load(acc[c]), _splat(builder, builder.load(total), 16)),
                                       builder.bitcast(builder.gep(row, [at]), LANES16.as_pointer()), align=4)
+            _for_each_count(builder, count, body)
             return context.get_dummy_value()
         return types.none(out, s, types.intp, types.intp, types.intp, types.intp, v, types.intp, types.intp), codegen
     return heads_weighted_sum
@@ -739,28 +745,30 @@ def _block_scores(blocks):
             ary = context.make_array(kt_ty)(context, builder, kt)
             s0, s1, s2, _ = cgutils.unpack_tuple(builder, ary.strides)
             base = builder.gep(builder.bitcast(ary.data, I8.as_pointer()), [builder.add(builder.mul(block, s0), builder.mul(kvh, s1))])
-            heads = _heads(builder, h0, count)
-            queries = [_row_of(context, builder, q_ty, q, h) for h in heads]
-            accs = [[cgutils.alloca_once_value(builder, ir.Constant(LANES16, None)) for _ in heads] for _ in range(blocks)]
 
             def at(m, j):
                 return builder.gep(base, [builder.add(builder.mul(ir.Constant(s0.type, m), s0), builder.mul(j, s2))])
-            with cgutils.for_range(builder, hd) as loop:
-                if blocks > 1:
-                    for m in range(blocks, 2 * blocks):
-                        prefetch(builder, at(m, loop.index))
-                keys = [half_bits_to_float(builder, builder.load(builder.bitcast(at(m, loop.index), vec(I16, 16).as_pointer()),
-                                                                 align=2)) for m in range(blocks)]
-                for g, qp in enumerate(queries):
-                    qs = _splat(builder, builder.fmul(builder.load(builder.gep(qp, [loop.index])), scale), 16)
-                    for m in range(blocks):
-                        _fma_into(builder, accs[m][g], qs, keys[m])
-            for m in range(blocks):
-                first = builder.mul(builder.add(block, ir.Constant(block.type, m)), ir.Constant(block.type, 16))
-                for g, h in enumerate(heads):
-                    with cgutils.if_likely(builder, builder.icmp_signed("<", ir.Constant(h0.type, g), count)):
+
+            def body(n):
+                heads = [builder.add(h0, ir.Constant(h0.type, g)) for g in range(n)]
+                queries = [_row_of(context, builder, q_ty, q, h) for h in heads]
+                accs = [[cgutils.alloca_once_value(builder, ir.Constant(LANES16, None)) for _ in heads] for _ in range(blocks)]
+                with cgutils.for_range(builder, hd) as loop:
+                    if blocks > 1:
+                        for m in range(blocks, 2 * blocks):
+                            prefetch(builder, at(m, loop.index))
+                    keys = [half_bits_to_float(builder, builder.load(builder.bitcast(at(m, loop.index), vec(I16, 16).as_pointer()),
+                                                                     align=2)) for m in range(blocks)]
+                    for g, qp in enumerate(queries):
+                        qs = _splat(builder, builder.fmul(builder.load(builder.gep(qp, [loop.index])), scale), 16)
+                        for m in range(blocks):
+                            _fma_into(builder, accs[m][g], qs, keys[m])
+                for m in range(blocks):
+                    first = builder.mul(builder.add(block, ir.Constant(block.type, m)), ir.Constant(block.type, 16))
+                    for g, h in enumerate(heads):
                         dst = builder.gep(_row_of(context, builder, s_ty, s, h), [first])
                         builder.store(builder.load(accs[m][g]), builder.bitcast(dst, LANES16.as_pointer()), align=4)
+            _for_each_count(builder, count, body)
             return context.get_dummy_value()
         return types.none(s, q, types.intp, types.intp, types.intp, kt, types.intp, types.float32), codegen
     return block_scores
