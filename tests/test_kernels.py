@@ -182,6 +182,31 @@ def test_attention_is_batch_invariant(heads, kv_heads, hd, start, n, window):
         np.testing.assert_array_equal(other, whole)
 
 
+@pytest.mark.parametrize("heads,kv_heads,hd", [(9, 3, 64), (14, 2, 64), (12, 2, 128), (8, 8, 80)])
+def test_attention_decode_is_attention_heads(heads, kv_heads, hd):
+    """Decoding's attention (keys transposed into blocks, one parallel step for a short context, three past
+    256 keys) gives attention_heads' bits: any depth, window, number of heads per KV head (1-4 per call:
+    3, 7 = 4 + 3, 6 = 4 + 2), head size (80: an odd number of 16-wide chunks), over the cache's layout
+    (the values stored a KV head at a time)."""
+    rng = np.random.default_rng(hd + heads)
+    for depth in (0, 17, 300, 1000):
+        for window in (0, 100, 300):
+            for n in (1, 3):
+                n_ctx = depth + n + 20
+                keys = rng.standard_normal((n_ctx, kv_heads, hd)).astype(np.float32) * 2
+                kt = np.zeros((-(-n_ctx // 16), kv_heads, hd, 16), np.uint16)
+                ops.store_keys_transposed(kt, 0, keys)
+                k = keys.astype(np.float16).view(np.uint16)
+                v = np.zeros((kv_heads, n_ctx, hd), np.uint16).transpose(1, 0, 2)
+                v[:] = rng.standard_normal((n_ctx, kv_heads, hd)).astype(np.float16).view(np.uint16)
+                q = rng.standard_normal((n, heads, hd)).astype(np.float32)
+                expect, out = np.empty_like(q), np.full_like(q, np.nan)
+                ops.attention_heads(q, k[: depth + n], v[: depth + n], depth,
+                                    ops.attention_scratch(numba.get_num_threads(), n_ctx, hd), expect, 0.0, window)
+                ops.attention_decode(q, kt, v[: depth + n], depth, ops.decode_scores(heads, n_ctx), out, 0.0, window)
+                np.testing.assert_array_equal(out, expect, err_msg=f"depth {depth}, window {window}, {n} queries")
+
+
 @numba.njit(cache=True)
 def _halves_to_floats(bits, out):
     for i in range(bits.shape[0]):
