@@ -227,7 +227,7 @@ def attention_decode(q, kt, v, start, scores, out, scale=0.0, window=0):
     Work items take up to simd.HEADS_AT_ONCE heads sharing a KV head. Past one chunk of keys the query
     takes three parallel steps, so that a few KV heads still keep every thread busy: the scores by chunk
     of DECODE_CHUNK key blocks (and each chunk's maximum), the softmax's numerators by head and chunk,
-    the weighted sums by 16-dimension chunks. kt: (>= blocks, kv_heads, hd, 16); v: (>= start+n,
+    the weighted sums by 16 simd.DIMS_AT_ONCE dimensions. kt: (>= blocks, kv_heads, hd, 16); v: (>= start+n,
     kv_heads, hd) uint16; scores: decode_scores(heads, >= start+n); hd a multiple of 16."""
     n, heads, hd = q.shape
     kv_heads = v.shape[1]

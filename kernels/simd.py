@@ -619,8 +619,7 @@ def _for_each_count(builder, count, body):
     """body(heads) for the call's count of heads (1 .. HEADS_AT_ONCE), each case compiled for exactly that
     many: no lane of work for a head the call does not have (a group of 3 or 6 heads sharing a KV head)."""
     for n in range(1, HEADS_AT_ONCE + 1):
-        ty = count.type
-        match = builder.icmp_signed("==" if n < HEADS_AT_ONCE else ">=", count, ir.Constant(ty, n))
+        match = builder.icmp_signed("==" if n < HEADS_AT_ONCE else ">=", count, ir.Constant(count.type, n))
         with builder.if_then(match):
             body(n)
 
@@ -679,6 +678,16 @@ heads_weighted_sum = _heads_weighted_sum(DIMS_AT_ONCE)
 heads_weighted_sum_1 = _heads_weighted_sum(1)  # a head dimension's last 16 when DIMS_AT_ONCE does not divide it
 
 
+def _along_row(builder, lo, hi, sixteen_at, one_at):
+    """sixteen_at(p) for p = lo, lo+16, ... while 16 fit before hi, then one_at(p) for the rest."""
+    sixteen = ir.Constant(lo.type, 16)
+    full = builder.add(lo, builder.mul(builder.sdiv(builder.sub(hi, lo), sixteen), sixteen))
+    with cgutils.for_range_slice(builder, lo, full, sixteen) as (p, _):
+        sixteen_at(p)
+    with cgutils.for_range_slice(builder, full, hi, ir.Constant(lo.type, 1)) as (p, _):
+        one_at(p)
+
+
 @intrinsic
 def row_exp(typingctx, s, h, lo, hi, top):
     """s[h, p] = exp(s[h, p] - top) for lo <= p < hi (the softmax's numerators in place), 16 lanes at a time:
@@ -686,15 +695,16 @@ def row_exp(typingctx, s, h, lo, hi, top):
     def codegen(context, builder, sig, args):
         s, h, lo, hi, top = args
         row = _row_of(context, builder, sig.args[0], s, h)
-        sixteen = ir.Constant(lo.type, 16)
-        full = builder.add(lo, builder.mul(builder.sdiv(builder.sub(hi, lo), sixteen), sixteen))
         tops = _splat(builder, top, 16)
-        with cgutils.for_range_slice(builder, lo, full, sixteen) as (p, _):
+
+        def sixteen_at(p):
             ptr = builder.bitcast(builder.gep(row, [p]), LANES16.as_pointer())
             builder.store(_exp(builder, builder.fsub(builder.load(ptr, align=4), tops)), ptr, align=4)
-        with cgutils.for_range_slice(builder, full, hi, ir.Constant(lo.type, 1)) as (p, _):
+
+        def one_at(p):
             ptr = builder.gep(row, [p])
             builder.store(_exp(builder, builder.fsub(builder.load(ptr), top)), ptr)
+        _along_row(builder, lo, hi, sixteen_at, one_at)
         return context.get_dummy_value()
     return types.none(s, types.intp, types.intp, types.intp, types.float32), codegen
 
@@ -706,17 +716,18 @@ def row_max(typingctx, s, h, lo, hi):
         s, h, lo, hi = args
         row = _row_of(context, builder, sig.args[0], s, h)
         top = cgutils.alloca_once_value(builder, _const(LANES16, float("-inf")))
-        sixteen = ir.Constant(lo.type, 16)
-        full = builder.add(lo, builder.mul(builder.sdiv(builder.sub(hi, lo), sixteen), sixteen))
-        with cgutils.for_range_slice(builder, lo, full, sixteen) as (p, _):
+        best = cgutils.alloca_once_value(builder, _const(F32, float("-inf")))
+
+        def sixteen_at(p):
             x = builder.load(builder.bitcast(builder.gep(row, [p]), LANES16.as_pointer()), align=4)
             builder.store(_call_intrinsic(builder, "llvm.maxnum.v16f32", LANES16, [builder.load(top), x]), top)
-        best = cgutils.alloca_once_value(builder, _call_intrinsic(builder, "llvm.vector.reduce.fmax.v16f32", F32,
-                                                                  [builder.load(top)]))
-        with cgutils.for_range_slice(builder, full, hi, ir.Constant(lo.type, 1)) as (p, _):
+
+        def one_at(p):
             x = builder.load(builder.gep(row, [p]))
             builder.store(_call_intrinsic(builder, "llvm.maxnum.f32", F32, [builder.load(best), x]), best)
-        return builder.load(best)
+        _along_row(builder, lo, hi, sixteen_at, one_at)
+        lanes = _call_intrinsic(builder, "llvm.vector.reduce.fmax.v16f32", F32, [builder.load(top)])
+        return _call_intrinsic(builder, "llvm.maxnum.f32", F32, [builder.load(best), lanes])
     return types.float32(s, types.intp, types.intp, types.intp), codegen
 
 
