@@ -57,7 +57,8 @@ def _shr(b, v, shift):
 
 
 def _and(b, v, mask):
-    return b.and_(v, _const(v.type, mask))
+    """v & mask: a constant, or a list of one per lane."""
+    return b.and_(v, ir.Constant(v.type, mask) if isinstance(mask, list) else _const(v.type, mask))
 
 
 def _shl(b, v, shift):
@@ -112,6 +113,13 @@ class Decoder:
     lane_scales: bool = False     # scale(c) is <8 x float>
     activations: str = "q8_0"     # how x is quantised for it, as llama.cpp pairs them: q8_0, or q8_k (one
                                   # scale per 256) for the super-block formats (kernels.matmul.QUANTIZE)
+    # Blocks of 32 packing weights i and 16 + i into the low and high nibbles of byte i (Q4_0's layout) name
+    # where, so a token's row dots can read them in that order (kernels.quant._nibble_order): the 16 bytes
+    # at nibbles_at, the f16 scale at scale_at, a minimum's at min_at; `table` maps nibbles to values.
+    nibbles_at: int | None = None
+    scale_at: int = 0
+    min_at: int = 0
+    table: list | None = None
 
     @property
     def chunks(self) -> int:
@@ -140,6 +148,7 @@ class Q8_0(Decoder):
 class Q4_0(Decoder):
     """d at 0, 16 bytes of nibbles at 2; w = d (q - 8)."""
     type, nbytes, offset = T.Q4_0, 18, 8
+    nibbles_at = 2
 
     def quants(self, b, blk, hdr, c):
         return _nibbles16(b, blk, 2)
@@ -151,6 +160,7 @@ class Q4_0(Decoder):
 class Q4_1(Decoder):
     """d at 0, m at 2, nibbles at 4; w = d q + m."""
     type, nbytes, min_kind = T.Q4_1, 20, "chunk"
+    nibbles_at, min_at = 4, 2
 
     def quants(self, b, blk, hdr, c):
         return _nibbles16(b, blk, 4)
@@ -193,6 +203,7 @@ IQ4_VALUES = [-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 8
 class IQ4_NL(Decoder):
     """d at 0, nibbles at 2 (as Q4_0) indexing the non-linear table IQ4_VALUES; w = d table[q]."""
     type, nbytes, signed = T.IQ4_NL, 18, True
+    nibbles_at, table = 2, IQ4_VALUES
 
     def quants(self, b, blk, hdr, c):
         return lookup16(b, IQ4_VALUES, _nibbles16(b, blk, 2))
@@ -231,9 +242,15 @@ class _SuperBlock(Decoder):
     a minimum per chunk ("chunk") is a float term per chunk, min(c) = -dmin * min, times xs."""
     weights, activations = 256, "q8_k"
     dmin_at: int | None = None
+    small_sums = True     # a chunk's integer sums per 4 weights fit in 16 bits (|quant - offset| <= 63)
 
     def int_min(self, b, blk, hdr, c):
         return None
+
+    def chunk_groups(self, b, blk, hdr, P):
+        """The block's quants as registers of P chunks: [(chunks, <32P x i8>)], chunks in order."""
+        return [(tuple(range(g, g + P)), _concat(b, [self.quants(b, blk, hdr, c) for c in range(g, g + P)]))
+                for g in range(0, self.chunks, P)]
 
 
 def _widen(b, v, signed=False):
@@ -254,6 +271,22 @@ class Q4_K(_SuperBlock):
     def quants(self, b, blk, hdr, c):
         return _and(b, _shr(b, _bytes(b, blk, 16 + 32 * (c // 2)), 4 * (c % 2)), 0x0F)
 
+    def chunk_groups(self, b, blk, hdr, P):
+        """Two chunks a register (AVX512): 64 bytes of nibbles hold chunks 4m, 4m+2 in their low nibbles
+        and 4m+1, 4m+3 in their high ones, so a register of each without joining halves."""
+        if P != 2:
+            return super().chunk_groups(b, blk, hdr, P)
+        groups = []
+        for m in range(self.chunks // 4):
+            low, high = self.nibble_pair(b, blk, m)
+            groups += [((4 * m, 4 * m + 2), low), ((4 * m + 1, 4 * m + 3), high)]
+        return groups
+
+    def nibble_pair(self, b, blk, m):
+        """The quants of chunks (4m, 4m+2) and (4m+1, 4m+3): <64 x i8> each."""
+        v = _bytes(b, blk, 16 + 64 * m, 64)
+        return _and(b, v, 0x0F), _and(b, _shr(b, v, 4), 0x0F)
+
     def int_scale(self, b, blk, hdr, c):
         return _pick(b, hdr[0], [c] * 8)
 
@@ -268,6 +301,18 @@ class Q5_K(Q4_K):
     def quants(self, b, blk, hdr, c):
         low = _and(b, _shr(b, _bytes(b, blk, 48 + 32 * (c // 2)), 4 * (c % 2)), 0x0F)
         return b.or_(low, _shl(b, _and(b, _shr(b, _bytes(b, blk, 16), c), 1), 4))
+
+    def nibble_pair(self, b, blk, m):
+        v = _bytes(b, blk, 48 + 64 * m, 64)
+        qh = _bytes(b, blk, 16, 32)
+        qh = b.shuffle_vector(qh, qh, ir.Constant(vec(I32, 64), list(range(32)) * 2))
+        zero = ir.Constant(qh.type, None)
+
+        def fifth(c0, c1):   # 16 where bit c0 (first 32 bytes) or c1 (next 32) of qh is set
+            bit = b.icmp_unsigned("!=", _and(b, qh, [1 << c0] * 32 + [1 << c1] * 32), zero)
+            return b.select(bit, _const(qh.type, 16), zero)
+        return (b.or_(_and(b, v, 0x0F), fifth(4 * m, 4 * m + 2)),
+                b.or_(_and(b, _shr(b, v, 4), 0x0F), fifth(4 * m + 1, 4 * m + 3)))
 
 
 def _sixteens(b, v, c):
@@ -292,6 +337,25 @@ class Q6_K(_SuperBlock):
 
     def int_scale(self, b, blk, hdr, c):
         return _sixteens(b, hdr, c)
+
+    def chunk_groups(self, b, blk, hdr, P):
+        """Two chunks a register (AVX512): ql[64n : 64n + 64] holds chunks 4n, 4n+1 in its low nibbles and
+        4n+2, 4n+3 in its high ones, their high bits the same 32 bytes of qh shifted by 0, 2 and 4, 6."""
+        if P != 2:
+            return super().chunk_groups(b, blk, hdr, P)
+        groups = []
+        for n in range(self.chunks // 4):
+            ql = _bytes(b, blk, 64 * n, 64)
+            qh = _bytes(b, blk, 128 + 32 * n, 32)
+            qh = b.bitcast(b.shuffle_vector(qh, qh, ir.Constant(vec(I32, 64), list(range(32)) * 2)), vec(I16, 32))
+            for j, low in ((0, _and(b, ql, 0x0F)), (2, _and(b, _shr(b, ql, 4), 0x0F))):
+                # bits 2j, 2j+1 (first 32 bytes) and 2j+2, 2j+3 (next 32) of qh, moved to bits 4 and 5
+                shifts = [4 - 2 * j] * 16 + [2 - 2 * j] * 16
+                moved = b.shl(qh, ir.Constant(qh.type, [max(0, v) for v in shifts]))
+                moved = b.lshr(moved, ir.Constant(qh.type, [max(0, -v) for v in shifts]))
+                high = _and(b, b.bitcast(moved, vec(I8, 64)), 0x30)
+                groups.append(((4 * n + j, 4 * n + j + 1), b.or_(low, high)))
+        return groups
 
 
 def _q3_k_scales(b, blk, offset):
@@ -346,6 +410,7 @@ class IQ4_XS(_SuperBlock):
     (as Q4_0) indexing IQ4_VALUES; scale d (ls - 32), ls = (scales_l[c/2] >> 4 (c%2)) & 15 |
     ((scales_h >> 2c) & 3) << 4."""
     type, nbytes, signed, d_at = T.IQ4_XS, 136, True, 0
+    small_sums = False    # table values up to 127: 4 x 127 x 127 does not fit in 16 bits
 
     def header(self, b, blk):
         low = _and(b, _shr(b, _pick(b, _bytes(b, blk, 4, 4), [0, 0, 1, 1, 2, 2, 3, 3]), [0, 4] * 4), 15)

@@ -104,11 +104,22 @@ def configure(requested: str | None = None) -> str:
 
 
 def has(feature: str) -> bool:
-    """Whether the chosen level includes a feature the kernels care about."""
+    """Whether the chosen level includes a feature the kernels care about. "vbmi" (AVX512-VBMI: byte
+    permutes across a whole register, Ice Lake and Zen 4 on) is no level of its own: the kernels use it
+    only at the machine's own best level, where LLVM compiles for the host CPU itself."""
     level = LEVEL or configure()
+    if feature == "vbmi":
+        return _host_has_vbmi(level)
     order = levels()
     needs = {"avx2": "avx2", "avx512": "avx512", "vnni": "avx512vnni", "bf16": "avx512bf16", "dotprod": "dotprod"}[feature]
     return needs in order and order.index(level) >= order.index(needs)
+
+
+def _host_has_vbmi(level: str) -> bool:
+    if is_arm() or level != detect() or not level.startswith("avx512"):
+        return False
+    import llvmlite.binding as llvm
+    return bool(llvm.get_host_cpu_features().get("avx512vbmi"))
 
 
 def physical_cores() -> int:

@@ -21,9 +21,11 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from . import cpu
 from .blocks import _SuperBlock
 from .simd import (F32, I8, I16, I32, WIDE, _call_intrinsic, _concat, _const, _int_dot, _load_at, _load_vec,
-                   _row_pointers, _splat, _store_out, half_bits_to_float, prefetch, prefetch_next_rows, vec)
+                   _row_pointers, _scaled_add, _slice, _splat, _store_out, half_bits_to_float, prefetch,
+                   prefetch_next_rows, vec)
 
 P_WIDE = 2 if WIDE else 1            # chunks per step
 ROWS = 8 if WIDE else 4              # rows of a token's dots (T = 1)
@@ -75,8 +77,14 @@ class _Activations:
     def __init__(self, q, d, s, sum4):
         self.q, self.d, self.s, self.sum4 = q, d, s, sum4
 
-    def chunk_terms(self, b, fmt, ch, P):
-        """(xq <32P x i8>, integer start <8P x i32>, xsum4 <8P x i32> | None)."""
+    def chunk_terms(self, b, fmt, ch, P, chunks=None):
+        """(xq <32P x i8>, integer start <8P x i32>, xsum4 <8P x i32> | None) of chunks ch..ch+P-1, or of
+        chunks ch + c for c in `chunks`."""
+        if chunks is not None and list(chunks) != list(range(chunks[0], chunks[0] + P)):
+            parts = [self.chunk_terms(b, fmt, b.add(ch, ir.Constant(ch.type, c)), 1) for c in chunks]
+            return tuple(None if part[0] is None else _concat(b, list(part)) for part in zip(*parts))
+        if chunks is not None:
+            ch = b.add(ch, ir.Constant(ch.type, chunks[0]))
         xq = _load_vec(b, self.q, ch, 32, vec(I8, 32 * P))
         sums = _load_vec(b, self.sum4, ch, 8, vec(I32, 8 * P)) if fmt.offset or fmt.min_kind else None
         start = b.mul(sums, _const(vec(I32, 8 * P), -fmt.offset)) if fmt.offset else ir.Constant(vec(I32, 8 * P), None)
@@ -172,6 +180,16 @@ def _token_lanes(b, values, R):
     return b.shuffle_vector(v, v, ir.Constant(vec(I32, R * T), [o % T for o in range(R * T)]))
 
 
+NIBBLE_BLOCKS = 4                    # blocks per step of the nibble-order dots
+
+
+def _nibble_order(fmt, R, T) -> bool:
+    """Whether a row dot reads the format's nibbles in their packed order (dots' run_nibbles): a token's dots of
+    several rows, blocks of 32 packing weights i and 16 + i into byte i, and byte permutes across a whole
+    register (AVX512-VBMI) to gather 4 blocks' nibbles into one."""
+    return T == 1 and R > 1 and fmt.nibbles_at is not None and cpu.has("vbmi") and cpu.has("vnni")
+
+
 def dots(fmt, R, T):
     """Intrinsic dots(w, r0, xq, xd, xs, xsum4, t0, out): out[t0:t0+T, r0:r0+R] = R weight rows (uint8
     bytes) times T tokens' 8-bit activations, in the order above. Each chunk is decoded once per row and
@@ -208,17 +226,18 @@ def dots(fmt, R, T):
             prefetch_rows(blocks)
             zero = ir.Constant(vec(I32, 8 * P), None)
             isums, msums = [zero] * N, [zero] * N
-            for g in range(0, fmt.chunks, P):
-                ch = b.add(first, ir.Constant(first.type, g))
-                parts = [(blk.blocks[0], blk.headers[0]) for blk in blocks]
-                quants = [_concat(b, [fmt.quants(b, blk, hdr, c) for c in range(g, g + P)]) for blk, hdr in parts]
-                scales = [_concat(b, [fmt.int_scale(b, blk, hdr, c) for c in range(g, g + P)]) for blk, hdr in parts]
-                mins = [_concat(b, [fmt.int_min(b, blk, hdr, c) for c in range(g, g + P)]) for blk, hdr in parts] \
+            parts = [(blk.blocks[0], blk.headers[0]) for blk in blocks]
+            by_row = [fmt.chunk_groups(b, blk, hdr, P) for blk, hdr in parts]
+            for g, chunks in enumerate(cs for cs, _ in by_row[0]):
+                quants = [groups[g][1] for groups in by_row]
+                scales = [_concat(b, [fmt.int_scale(b, blk, hdr, c) for c in chunks]) for blk, hdr in parts]
+                mins = [_concat(b, [fmt.int_min(b, blk, hdr, c) for c in chunks]) for blk, hdr in parts] \
                     if fmt.min_kind == "lanes" else None
-                xterms = [x.chunk_terms(b, fmt, ch, P) for x in tokens]
+                xterms = [x.chunk_terms(b, fmt, first, P, chunks) for x in tokens]
                 for o, (r, t) in enumerate(outputs):
                     isum = _int_dot(b, quants[r], xterms[t][0], not fmt.signed, xterms[t][1])
-                    isums[o] = b.add(isums[o], b.mul(isum, scales[r]))
+                    isums[o] = _scaled_add(b, isums[o], isum, scales[r]) if fmt.small_sums else \
+                        b.add(isums[o], b.mul(isum, scales[r]))
                     if mins:
                         msums[o] = b.add(msums[o], b.mul(xterms[t][2], mins[r]))
             if fmt.min_kind == "chunk":     # each chunk's -dmin * min times its xs, in order
@@ -234,6 +253,72 @@ def dots(fmt, R, T):
                 msum = b.sitofp(_pick(b, _fold(b, msums, 8 * P, "add"), everything), vec(F32, N))
                 dmin = b.fneg(row_halves(blocks, fmt.dmin_at))
                 acc = _call_intrinsic(b, fmuladd, vec(F32, N), [msum, b.fmul(dmin, dx), acc])
+            b.store(acc, acc_slot)
+
+        def run_nibbles(first):
+            """Blocks first..first+3 of every row, their nibbles in packed order: byte i's low nibble is
+            weight i and its high nibble weight 16 + i, so each row's 4 blocks give one register of low
+            nibbles and one of high, each multiplied by the matching halves of the activations (vpdpbusd
+            twice onto the same lanes: lanes 4k..4k+3 sum block k). The integer sums are exact, so they
+            equal the weight-order ones and the float chain is the same."""
+            K, nb = NIBBLE_BLOCKS, fmt.nbytes
+            tail = K * nb - 64                                  # the second 64-byte load's offset
+            assert 0 <= tail <= 64      # and the scales (and minimums) are in the first load:
+            assert all(k * nb + at + 1 < 64 for k in range(K) for at in (fmt.scale_at, fmt.min_at))
+            acc = b.load(acc_slot)
+            group = [b.gep(row, [b.mul(first, ir.Constant(first.type, nb))]) for row in rows]
+            for g in group:
+                for line in range(0, K * nb, 64):
+                    prefetch(b, b.gep(g, [b.add(ahead, ir.Constant(ahead.type, line))]))
+            A = [_load_at(b, g, 0, vec(I8, 64)) for g in group]
+            B = [_load_at(b, g, tail, vec(I8, 64)) for g in group]
+            where = lambda byte: byte if byte < 64 else 64 + byte - tail      # noqa: E731  (in A ++ B)
+            packed = ir.Constant(vec(I32, 64), [where(k * nb + fmt.nibbles_at + i)
+                                                for k in range(K) for i in range(16)])
+            x = tokens[0]
+            xq = _load_vec(b, x.q, first, 32, vec(I8, 32 * K))
+            halves = [b.shuffle_vector(xq, xq, ir.Constant(vec(I32, 16 * K), [32 * k + h + i for k in range(K)
+                                                                              for i in range(16)])) for h in (0, 16)]
+            table = fmt.table                                   # signed values: looked up 128 higher, unsigned
+            offset = 128 if table else fmt.offset
+            start = ir.Constant(vec(I32, 4 * K), None)
+            if offset:                                          # - offset * (the activations of each lane)
+                sums = _load_vec(b, x.sum4, first, 8, vec(I32, 8 * K))
+                lanes = [b.shuffle_vector(sums, sums, ir.Constant(vec(I32, 4 * K), [8 * k + h + j for k in range(K)
+                                                                                  for j in range(4)])) for h in (0, 4)]
+                start = b.mul(b.add(*lanes), _const(vec(I32, 4 * K), -offset))
+            isums = []
+            for r in range(R):
+                q = b.shuffle_vector(A[r], B[r], packed)
+                low = b.and_(q, _const(q.type, 0x0F))
+                high = b.and_(b.lshr(q, _const(q.type, 4)), _const(q.type, 0x0F))
+                if table:
+                    lookup = ir.Constant(vec(I8, 64), [(v + 128) & 0xFF for v in table] * 4)
+                    low, high = [_call_intrinsic(b, "llvm.x86.avx512.pshuf.b.512", vec(I8, 64), [lookup, v])
+                                 for v in (low, high)]
+                isums.append(_int_dot(b, high, halves[1], True, _int_dot(b, low, halves[0], True, start)))
+            isums = _fold(b, isums, 4, "add")
+
+            def row_halves_at(offset):
+                """The f16 at `offset` of each row's blocks -> <K*R x float>, lane k*R + r block k of row r."""
+                pair = [k * nb + offset + byte for k in range(K) for byte in (0, 1)]
+                pairs = [b.shuffle_vector(A[r], A[r + 1], ir.Constant(vec(I32, 4 * K), pair + [64 + i for i in pair]))
+                         for r in range(0, R, 2)]
+                by_row = _concat(b, pairs)                      # [row][block][2 bytes]
+                order = [2 * (r * K + k) + byte for k in range(K) for r in range(R) for byte in (0, 1)]
+                by_block = b.shuffle_vector(by_row, by_row, ir.Constant(vec(I32, 2 * K * R), order))
+                return half_bits_to_float(b, b.bitcast(by_block, vec(I16, K * R)))
+
+            scales = row_halves_at(fmt.scale_at)
+            mins = row_halves_at(fmt.min_at) if fmt.min_kind == "chunk" else None
+            for k in range(K):
+                c = b.add(first, ir.Constant(first.type, k))
+                isum = b.sitofp(_pick(b, isums, [(o, k) for o in range(R)]), vec(F32, R))
+                scale = b.fmul(_slice(b, scales, k * R, R), x_lanes(lambda x: x.d, c))
+                acc = _call_intrinsic(b, fmuladd, vec(F32, R), [isum, scale, acc])
+                if mins is not None:
+                    xs = x_lanes(lambda x: x.s, c)
+                    acc = _call_intrinsic(b, fmuladd, vec(F32, R), [_slice(b, mins, k * R, R), xs, acc])
             b.store(acc, acc_slot)
 
         def prefetch_rows(blocks):
@@ -268,11 +353,14 @@ def dots(fmt, R, T):
                         acc = _call_intrinsic(b, fmuladd, vec(F32, N), [_pick(b, chunk_mins, key), xs, acc])
             b.store(acc, acc_slot)
 
-        steps = b.udiv(n_chunks, ir.Constant(n_chunks.type, per_step))
+        nibbles = _nibble_order(fmt, R, T)
+        chunks_per_step = NIBBLE_BLOCKS if nibbles else per_step
+        steps = b.udiv(n_chunks, ir.Constant(n_chunks.type, chunks_per_step))
         with cgutils.for_range(b, steps) as loop:
-            run(P, per_step, b.mul(loop.index, ir.Constant(n_chunks.type, per_step)))
-        if per_step > 1 and fmt.chunks == 1:                                 # an odd block at the end
-            done = b.mul(steps, ir.Constant(n_chunks.type, per_step))
+            first = b.mul(loop.index, ir.Constant(n_chunks.type, chunks_per_step))
+            run_nibbles(first) if nibbles else run(P, per_step, first)
+        if chunks_per_step > 1 and fmt.chunks == 1:                          # the blocks left at the end
+            done = b.mul(steps, ir.Constant(n_chunks.type, chunks_per_step))
             with cgutils.for_range(b, b.sub(n_chunks, done)) as loop:
                 run(1, 1, b.add(done, loop.index))
         acc = b.load(acc_slot)

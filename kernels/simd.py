@@ -184,6 +184,18 @@ def _int_dot(builder, w, x, w_nonnegative, init):
     return builder.add(_concat(builder, parts), init)
 
 
+def _scaled_add(builder, acc, v, scale):
+    """acc + v * scale for <n x i32> vectors whose lanes v and scale fit in 16 bits (|v| < 2^15; the
+    integer sums of a chunk of small quants, times a sub-block scale): vpdpwssd with VNNI (one instruction
+    instead of vpmulld and vpaddd; v's upper half, its sign, meets scale's upper half made 0), else
+    the plain multiply and add."""
+    if cpu.has("vnni"):
+        n = v.type.count
+        low = builder.and_(scale, _const(scale.type, 0xFFFF))
+        return _call_intrinsic(builder, f"llvm.x86.avx512.vpdpwssd.{n * 32}", vec(I32, n), [acc, v, low])
+    return builder.add(acc, builder.mul(v, scale))
+
+
 def _abs_i8(builder, w):
     n = w.type.count
     return _call_intrinsic(builder, f"llvm.abs.v{n}i8", vec(I8, n), [w, ir.Constant(ir.IntType(1), 0)])
