@@ -119,6 +119,7 @@ class Decoder:
     nibbles_at: int | None = None
     scale_at: int = 0
     min_at: int = 0
+    high_bits_at: int | None = None   # a u32 whose bit i is weight i's fifth bit (Q5_0, Q5_1)
     table: list | None = None
 
     @property
@@ -175,6 +176,7 @@ class Q4_1(Decoder):
 class Q5_0(Decoder):
     """d at 0, qh (u32: bit i is weight i's fifth bit) at 2, nibbles at 6; w = d (q - 16)."""
     type, nbytes, offset = T.Q5_0, 22, 16
+    nibbles_at, high_bits_at = 6, 2
 
     def quants(self, b, blk, hdr, c):
         return b.or_(_nibbles16(b, blk, 6), _shl(b, _bits32(b, _load_at(b, blk, 2, I32)), 4))
@@ -186,6 +188,7 @@ class Q5_0(Decoder):
 class Q5_1(Decoder):
     """d at 0, m at 2, qh at 4, nibbles at 8; w = d q + m."""
     type, nbytes, min_kind = T.Q5_1, 24, "chunk"
+    nibbles_at, min_at, high_bits_at = 8, 2, 4
 
     def quants(self, b, blk, hdr, c):
         return b.or_(_nibbles16(b, blk, 8), _shl(b, _bits32(b, _load_at(b, blk, 4, I32)), 4))

@@ -15,6 +15,8 @@ x @ weights.quants.dequantize(W).T.
 """
 from __future__ import annotations
 
+import functools
+
 from gguf import GGMLQuantizationType as T
 from llvmlite import ir
 from numba import types
@@ -27,6 +29,7 @@ from .simd import (F32, I8, I16, I32, WIDE, _call_intrinsic, _concat, _const, _i
                    _row_pointers, _scaled_add, _slice, _splat, _store_out, half_bits_to_float, prefetch,
                    prefetch_next_rows, vec)
 
+I1, I64 = ir.IntType(1), ir.IntType(64)
 P_WIDE = 2 if WIDE else 1            # chunks per step
 ROWS = 8 if WIDE else 4              # rows of a token's dots (T = 1)
 # ... but 4 for these, whose super-blocks' integer sums fill the lanes without folding 8 rows: with AVX512,
@@ -190,6 +193,18 @@ def _nibble_order(fmt, R, T) -> bool:
     return T == 1 and R > 1 and fmt.nibbles_at is not None and cpu.has("vbmi") and cpu.has("vnni")
 
 
+def _fifth_bit_masks(b, blocks, offsets):
+    """The u32s at `offsets` (bit i: weight i's fifth bit, as Q5_0's qh) of 4 blocks -> two <64 x i1>: their low
+    and their high 16 bits side by side, for the packed order's low and high nibbles. Joined in general
+    registers, which the vector loop leaves idle (byte permutes for it, measured: no faster than before)."""
+    words = [b.zext(_load_at(b, blocks, at, I32), I64) for at in offsets]
+
+    def sixteen(w, h, k):
+        return b.shl(b.and_(b.lshr(w, ir.Constant(I64, h)), ir.Constant(I64, 0xFFFF)), ir.Constant(I64, 16 * k))
+    return [b.bitcast(functools.reduce(b.or_, [sixteen(w, h, k) for k, w in enumerate(words)]), vec(I1, 64))
+            for h in (0, 16)]
+
+
 def dots(fmt, R, T):
     """Intrinsic dots(w, r0, xq, xd, xs, xsum4, t0, out): out[t0:t0+T, r0:r0+R] = R weight rows (uint8
     bytes) times T tokens' 8-bit activations, in the order above. Each chunk is decoded once per row and
@@ -263,8 +278,7 @@ def dots(fmt, R, T):
             equal the weight-order ones and the float chain is the same."""
             K, nb = NIBBLE_BLOCKS, fmt.nbytes
             tail = K * nb - 64                                  # the second 64-byte load's offset
-            assert 0 <= tail <= 64      # and the scales (and minimums) are in the first load:
-            assert all(k * nb + at + 1 < 64 for k in range(K) for at in (fmt.scale_at, fmt.min_at))
+            assert 0 <= tail <= 64
             acc = b.load(acc_slot)
             group = [b.gep(row, [b.mul(first, ir.Constant(first.type, nb))]) for row in rows]
             for g in group:
@@ -275,6 +289,19 @@ def dots(fmt, R, T):
             where = lambda byte: byte if byte < 64 else 64 + byte - tail      # noqa: E731  (in A ++ B)
             packed = ir.Constant(vec(I32, 64), [where(k * nb + fmt.nibbles_at + i)
                                                 for k in range(K) for i in range(16)])
+            # the blocks' small fields (scale, minimum, fifth bits) of each row: in place in the first load,
+            # else gathered from both into one vector (fields[at][k]: where field `at` of block k starts)
+            sizes = {fmt.scale_at: 2, **({fmt.min_at: 2} if fmt.min_kind == "chunk" else {})}
+            if all(k * nb + at + size <= 64 for at, size in sizes.items() for k in range(K)):
+                fields, small = {at: [k * nb + at for k in range(K)] for at in sizes}, A
+            else:
+                spots = [k * nb + at + i for at, size in sizes.items() for k in range(K) for i in range(size)]
+                fields, n = {}, 0
+                for at, size in sizes.items():
+                    fields[at], n = [n + size * k for k in range(K)], n + size * K
+                gather = ir.Constant(vec(I32, 32), [where(i) for i in spots] + [0] * (32 - len(spots)))
+                small = [b.shuffle_vector(A[r], B[r], gather) for r in range(R)]
+            width = small[0].type.count
             x = tokens[0]
             xq = _load_vec(b, x.q, first, 32, vec(I8, 32 * K))
             halves = [b.shuffle_vector(xq, xq, ir.Constant(vec(I32, 16 * K), [32 * k + h + i for k in range(K)
@@ -292,6 +319,10 @@ def dots(fmt, R, T):
                 q = b.shuffle_vector(A[r], B[r], packed)
                 low = b.and_(q, _const(q.type, 0x0F))
                 high = b.and_(b.lshr(q, _const(q.type, 4)), _const(q.type, 0x0F))
+                if fmt.high_bits_at is not None:
+                    masks = _fifth_bit_masks(b, group[r], [k * nb + fmt.high_bits_at for k in range(K)])
+                    fifth = [b.select(m, _const(q.type, 16), ir.Constant(q.type, None)) for m in masks]
+                    low, high = b.or_(low, fifth[0]), b.or_(high, fifth[1])
                 if table:
                     lookup = ir.Constant(vec(I8, 64), [(v + 128) & 0xFF for v in table] * 4)
                     low, high = [_call_intrinsic(b, "llvm.x86.avx512.pshuf.b.512", vec(I8, 64), [lookup, v])
@@ -301,9 +332,9 @@ def dots(fmt, R, T):
 
             def row_halves_at(offset):
                 """The f16 at `offset` of each row's blocks -> <K*R x float>, lane k*R + r block k of row r."""
-                pair = [k * nb + offset + byte for k in range(K) for byte in (0, 1)]
-                pairs = [b.shuffle_vector(A[r], A[r + 1], ir.Constant(vec(I32, 4 * K), pair + [64 + i for i in pair]))
-                         for r in range(0, R, 2)]
+                pair = [at + byte for at in fields[offset] for byte in (0, 1)]
+                both = ir.Constant(vec(I32, 4 * K), pair + [width + i for i in pair])
+                pairs = [b.shuffle_vector(small[r], small[r + 1], both) for r in range(0, R, 2)]
                 by_row = _concat(b, pairs)                      # [row][block][2 bytes]
                 order = [2 * (r * K + k) + byte for k in range(K) for r in range(R) for byte in (0, 1)]
                 by_block = b.shuffle_vector(by_row, by_row, ir.Constant(vec(I32, 2 * K * R), order))
