@@ -388,7 +388,10 @@ def test_top_k_matches_reference(n, k):
     rng = np.random.default_rng(n + k)
     for values in (rng.standard_normal(n).astype(np.float32),
                    rng.integers(0, 5, n).astype(np.float32),                   # many ties
-                   np.where(rng.random(n) < 0.1, np.nan, rng.standard_normal(n)).astype(np.float32)):
+                   np.where(rng.random(n) < 0.1, np.nan, rng.standard_normal(n)).astype(np.float32),
+                   np.sort(rng.standard_normal(n)).astype(np.float32),             # rising with the id
+                   -np.sort(rng.standard_normal(n)).astype(np.float32),
+                   np.full(n, np.nan, np.float32)):
         ids, best = np.empty(k, np.int64), np.empty(k, np.float64)
         m = top_k(values, k, ids, best)
         ref = reference_top_k(values, k)
