@@ -238,7 +238,7 @@ def dots(fmt, R, T):
             """One super-block of every row: integer sums over the block, then d (and dmin) once."""
             acc = b.load(acc_slot)
             blocks = [_Blocks(b, fmt, row, first, fmt.chunks) for row in rows]
-            prefetch_rows(blocks)
+            prefetch_blocks(blocks)
             zero = ir.Constant(vec(I32, 8 * P), None)
             isums, msums = [zero] * N, [zero] * N
             parts = [(blk.blocks[0], blk.headers[0]) for blk in blocks]
@@ -281,9 +281,7 @@ def dots(fmt, R, T):
             assert 0 <= tail <= 64
             acc = b.load(acc_slot)
             group = [b.gep(row, [b.mul(first, ir.Constant(first.type, nb))]) for row in rows]
-            for g in group:
-                for line in range(0, K * nb, 64):
-                    prefetch(b, b.gep(g, [b.add(ahead, ir.Constant(ahead.type, line))]))
+            prefetch_rows(group, K * nb)
             A = [_load_at(b, g, 0, vec(I8, 64)) for g in group]
             B = [_load_at(b, g, tail, vec(I8, 64)) for g in group]
             where = lambda byte: byte if byte < 64 else 64 + byte - tail      # noqa: E731  (in A ++ B)
@@ -352,18 +350,21 @@ def dots(fmt, R, T):
                     acc = _call_intrinsic(b, fmuladd, vec(F32, R), [_slice(b, mins, k * R, R), xs, acc])
             b.store(acc, acc_slot)
 
-        def prefetch_rows(blocks):
-            step_bytes = fmt.nbytes * len(blocks[0].blocks)
-            for blk in blocks:
+        def prefetch_rows(starts, step_bytes):
+            """The same step_bytes, `ahead` further on, of each row's step starting at starts[r]."""
+            for start in starts:
                 for line in range(0, step_bytes, 64):
-                    prefetch(b, b.gep(blk.blocks[0], [b.add(ahead, ir.Constant(ahead.type, line))]))
+                    prefetch(b, b.gep(start, [b.add(ahead, ir.Constant(ahead.type, line))]))
+
+        def prefetch_blocks(blocks):
+            prefetch_rows([blk.blocks[0] for blk in blocks], fmt.nbytes * len(blocks[0].blocks))
 
         def run(P, per_step, first):
             if _super(fmt):
                 return run_super(first)
             acc = b.load(acc_slot)
             blocks = [_Blocks(b, fmt, row, first, per_step) for row in rows]
-            prefetch_rows(blocks)
+            prefetch_blocks(blocks)
             for g in range(0, per_step, P):
                 ch = b.add(first, ir.Constant(first.type, g))
                 groups = [blk.group(g, P) for blk in blocks]
