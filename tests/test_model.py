@@ -1,6 +1,8 @@
 """The numpy reference forward pass on the real SmolLM2 Q4_1 file against llama.cpp, and the model API."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -89,6 +91,26 @@ def test_context_overflow_is_a_clear_error(smollm2):
     import llamafile
     with pytest.raises(llamafile.ContextOverflowError, match="context"):
         smollm2.logits([1] * (smollm2.n_ctx + 1))
+
+
+def _resident_anonymous() -> int:
+    line = next(x for x in open("/proc/self/status").read().splitlines() if x.startswith("RssAnon:"))
+    return int(line.split()[1]) * 1024
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads Linux's /proc/self/status")
+def test_an_unused_context_takes_no_memory():
+    """The KV cache becomes resident as positions are written, 4 KB at a time: with numpy's 2 MB pages one
+    token in every layer made most of a context's cache resident (100 MB of Llama-1B's 4.6k context)."""
+    from types import SimpleNamespace
+
+    from llamafile.models.transformer import KVCache
+    before = _resident_anonymous()
+    cache = KVCache.allocate(SimpleNamespace(n_layer=16, n_head_kv=8, head_dim=64), 8192)
+    cache.k[:, 0] = cache.v[:, 0] = cache.kt[:, 0] = 1  # a token in every layer and KV head
+    assert cache.k.nbytes + cache.v.nbytes + cache.kt.nbytes == 3 * 128 << 20
+    assert _resident_anonymous() - before < 16 << 20
+    assert not cache.k[:, 1:].any() and cache.v[:, 0].all()
 
 
 def test_sampling_is_seeded(smollm2):

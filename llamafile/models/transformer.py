@@ -14,6 +14,7 @@ backend reads block by block; norms and biases (small) are float32 in RAM.
 """
 from __future__ import annotations
 
+import mmap
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
@@ -39,8 +40,8 @@ class KVCache:
     def allocate(cls, config: ModelConfig, n_ctx: int, dtype=np.uint16) -> "KVCache":
         shape = (config.n_layer, n_ctx, config.n_head_kv, config.head_dim)
         blocks = (config.n_layer, -(-n_ctx // 16), config.n_head_kv, config.head_dim, 16)
-        v = np.zeros((config.n_layer, config.n_head_kv, n_ctx, config.head_dim), dtype).transpose(0, 2, 1, 3)
-        return cls(np.zeros(shape, dtype), v, np.zeros(blocks, dtype))
+        v = untouched_zeros((config.n_layer, config.n_head_kv, n_ctx, config.head_dim), dtype).transpose(0, 2, 1, 3)
+        return cls(untouched_zeros(shape, dtype), v, untouched_zeros(blocks, dtype))
 
     @property
     def n_ctx(self) -> int:
@@ -56,6 +57,21 @@ class KVCache:
         padded[:, :n] = k
         self.kt[:, :blocks] = padded.reshape(k.shape[0], blocks, 16, *k.shape[2:]).transpose(0, 1, 3, 4, 2)
         self.n_past = n
+
+
+def untouched_zeros(shape: tuple, dtype) -> np.ndarray:
+    """Zeros that take memory only where they are written, 4 KB at a time: anonymous memory that is not
+    backed by huge pages. (numpy asks for 2 MB pages for its large arrays: the first token written in each
+    layer of a KV cache would make megabytes of it resident, a context's worth in all before it is used.)"""
+    count = int(np.prod(shape))
+    size = max(count * np.dtype(dtype).itemsize, 1)
+    if hasattr(mmap, "MAP_ANONYMOUS"):
+        buf = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        if hasattr(mmap, "MADV_NOHUGEPAGE"):
+            buf.madvise(mmap.MADV_NOHUGEPAGE)
+    else:  # Windows: committed pages are zero and take memory when first touched
+        buf = mmap.mmap(-1, size)
+    return np.frombuffer(buf, dtype, count).reshape(shape)
 
 
 def standard_buffers(c: ModelConfig) -> dict[str, int]:
