@@ -16,8 +16,10 @@ from __future__ import annotations
 import codecs
 import sys
 from abc import ABC, abstractmethod
+from array import array
 from typing import Sequence
 
+import numpy as np
 import regex
 
 from ..errors import TokenizerError
@@ -83,14 +85,15 @@ class Tokenizer(ABC):
             raise TokenizerError(f"{path}: missing key 'tokenizer.ggml.tokens'")
         self.tokens = [t if t else f"[EMPTY_{i}]" for i, t in enumerate(tokens)]
         n = len(self.tokens)
+        # per-token numbers in arrays, 4 bytes each (a list of Python floats took 32: 8 MB for Gemma's 262k)
         types = meta.get("tokenizer.ggml.token_type")
-        self.token_types = [int(t) for t in types[:n]] if types is not None else [NORMAL] * n
+        self.token_types = array("i", [int(t) for t in types[:n]] if types is not None else [NORMAL] * n)
         if len(self.token_types) < n:
             raise TokenizerError(f"{path}: {len(self.token_types)} token types for {n} tokens")
         scores = meta.get("tokenizer.ggml.scores")
-        self.scores = [float(s) for s in scores[:n]] if scores is not None else [0.0] * n
+        self.scores = array("f", np.asarray(scores[:n] if scores is not None else np.zeros(n), "f").tobytes())
         self.token_to_id = {t: i for i, t in enumerate(self.tokens)}  # a repeated text: the last id, as llama.cpp
-        self.attrs = [_TYPE_ATTR.get(t, 0) for t in self.token_types]
+        self.attrs = array("i", [_TYPE_ATTR.get(t, 0) for t in self.token_types])
         self._read_flags(meta)
         self._read_special_ids(meta)
         self._mark_by_text(meta)

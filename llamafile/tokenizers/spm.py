@@ -111,7 +111,7 @@ class SPMTokenizer(Tokenizer):
     add_space_prefix_default = True
 
     def _setup(self, meta: dict) -> None:
-        has_bytes = any(t == BYTE for t in self.token_types)
+        has_bytes = BYTE in self.token_types
         self.sp = processor(model_proto(self.tokens, self.scores, self.token_types, model_type=_BPE,
                                         unk_id=self.unk_id, byte_fallback=has_bytes, all_normal=True), self.path)
 

@@ -20,7 +20,7 @@ class UGMTokenizer(Tokenizer):
         charsmap = meta.get("tokenizer.ggml.precompiled_charsmap")
         charsmap = bytes(charsmap.astype("uint8").tobytes()) if charsmap is not None else b""
         self.sp = processor(model_proto(self.tokens, self.scores, self.token_types, model_type=_UNIGRAM,
-                                        unk_id=self.unk_id, byte_fallback=any(t == BYTE for t in self.token_types),
+                                        unk_id=self.unk_id, byte_fallback=BYTE in self.token_types,
                                         charsmap=charsmap, add_dummy_prefix=self.add_space_prefix,
                                         remove_extra_whitespaces=self.remove_extra_whitespaces,
                                         escape_whitespaces=True), self.path)
