@@ -8,8 +8,8 @@ For each file, thread count and depth (tokens already in the context when the pr
 come): our tok/s for each prompt size and for decoding; llama.cpp's, measured now through llama-cpp-python
 (the bench extra, built for this CPU) with its runs interleaved with ours, or, without it, llama-bench's
 figures from tests/reference/llamacpp_bench.json (another machine, depth 0 only; marked *); the ratio;
-decode as a share of the memory-bandwidth roofline (bandwidth measured before each row / bytes of weights
-read per token); and our peak RSS, alone in a fresh process, beside its bound (file + KV cache + 150 MB).
+decode as a share of the memory-bandwidth roofline (decode's bytes of weights read per second / the read
+bandwidth, the median of samples taken before each round of a row's runs and after the last); and our peak RSS, alone in a fresh process, beside its bound (file + KV cache + 150 MB).
 Absolute figures drift by +-30% on a shared machine (its memory bandwidth with them): read the ratios.
 """
 from __future__ import annotations
@@ -105,8 +105,9 @@ def measure(engine: Engine, depth: int, prompt: list[int], pps: list[int], n_gen
 
 
 def measure_side_by_side(engines: list[Engine], depth: int, pps: list[int], n_gen: int, repeats: int,
-                         n_vocab: int) -> list[list[float]]:
-    """Median figures (measure's) per engine, their runs interleaved so that drift hits them alike."""
+                         n_vocab: int, between=lambda: None) -> list[list[float]]:
+    """Median figures (measure's) per engine, their runs interleaved so that drift hits them alike;
+    between() is called before each round of runs and after the last."""
     rng = np.random.default_rng(0)
     prefix = rng.integers(100, n_vocab, depth).tolist()
     prompt = rng.integers(100, n_vocab, max(max(pps), n_gen + 1)).tolist()
@@ -117,7 +118,11 @@ def measure_side_by_side(engines: list[Engine], depth: int, pps: list[int], n_ge
         engine.eval(prompt[:8])
         engine.rewind(depth)
         engine.eval(prompt[:1])
-    runs = [[measure(engine, depth, prompt, pps, n_gen) for engine in engines] for _ in range(repeats)]
+    runs = []
+    for _ in range(repeats):
+        between()
+        runs.append([measure(engine, depth, prompt, pps, n_gen) for engine in engines])
+    between()
     return [[float(np.median([run[i][k] for run in runs])) for k in range(len(pps) + 1)] for i in range(len(engines))]
 
 
@@ -213,7 +218,7 @@ def main() -> None:
     ref = llamacpp_figures()
     print(f"CPU level {kernels.cpu.LEVEL}. llama.cpp: measured in this run through llama-cpp-python, interleaved "
           f"with ours (when installed; else llama-bench's figures in {REFERENCE.name}, marked *). Memory read "
-          "bandwidth is measured before each row; roofline = decode bytes/s / that bandwidth. Peak RSS: ours "
+          "bandwidth: the median of samples taken between a row's runs; roofline = decode bytes/s / that bandwidth. Peak RSS: ours "
           "alone in a fresh process; bound = file + KV cache + 150 MB.")
     print()
     head = [f"pp{n}" for n in pps] + [f"tg{args.tg}"]
@@ -230,9 +235,12 @@ def main() -> None:
             theirs = live_llamacpp(path, t, n_ctx) if not args.no_live else None
             engines = [Engine(model, True)] + ([Engine(theirs, False)] if theirs else [])
             for depth in depths:
-                bandwidth = memory_bandwidth(t, gib=0.25)
-                numba.set_num_threads(t)
-                results = measure_side_by_side(engines, depth, pps, args.tg, args.repeats, model.config.n_vocab)
+                # the machine's bandwidth drifts (another tenant): sampled before each round of runs and
+                # after the last, the row's figure is their median
+                samples = []
+                results = measure_side_by_side(engines, depth, pps, args.tg, args.repeats, model.config.n_vocab,
+                                               between=lambda: samples.append(memory_bandwidth(t, gib=0.25)))
+                bandwidth = float(np.median(samples))
                 ours = results[0]
                 if theirs:
                     other, mark = results[1], ""
