@@ -9,7 +9,8 @@ come): our tok/s for each prompt size and for decoding; llama.cpp's, measured no
 (the bench extra, built for this CPU) with its runs interleaved with ours, or, without it, llama-bench's
 figures from tests/reference/llamacpp_bench.json (another machine, depth 0 only; marked *); the ratio;
 decode as a share of the memory-bandwidth roofline (decode's bytes of weights read per second / the read
-bandwidth, the median of samples taken before each round of a row's runs and after the last); and our peak RSS, alone in a fresh process, beside its bound (file + KV cache + 150 MB).
+bandwidth, the median of samples taken before each round of a row's runs and after the last); and our
+peak RSS, alone in a fresh process, beside its bound (file + KV cache + 150 MB).
 Absolute figures drift by +-30% on a shared machine (its memory bandwidth with them): read the ratios.
 """
 from __future__ import annotations
@@ -218,8 +219,8 @@ def main() -> None:
     ref = llamacpp_figures()
     print(f"CPU level {kernels.cpu.LEVEL}. llama.cpp: measured in this run through llama-cpp-python, interleaved "
           f"with ours (when installed; else llama-bench's figures in {REFERENCE.name}, marked *). Memory read "
-          "bandwidth: the median of samples taken between a row's runs; roofline = decode bytes/s / that bandwidth. Peak RSS: ours "
-          "alone in a fresh process; bound = file + KV cache + 150 MB.")
+          "bandwidth: the median of samples taken between a row's runs; roofline = decode bytes/s / that "
+          "bandwidth. Peak RSS: ours alone in a fresh process; bound = file + KV cache + 150 MB.")
     print()
     head = [f"pp{n}" for n in pps] + [f"tg{args.tg}"]
     print("| model | threads | depth | " + " | ".join(f"{h} tok/s | llama.cpp | ratio" for h in head)

@@ -87,7 +87,7 @@ class Tokenizer(ABC):
         n = len(self.tokens)
         # per-token numbers in arrays, 4 bytes each (a list of Python floats took 32: 8 MB for Gemma's 262k)
         types = meta.get("tokenizer.ggml.token_type")
-        self.token_types = array("i", [int(t) for t in types[:n]] if types is not None else [NORMAL] * n)
+        self.token_types = array("i", np.asarray(types[:n] if types is not None else np.full(n, NORMAL), "i").tobytes())
         if len(self.token_types) < n:
             raise TokenizerError(f"{path}: {len(self.token_types)} token types for {n} tokens")
         scores = meta.get("tokenizer.ggml.scores")
